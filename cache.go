@@ -1,0 +1,446 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/google/btree"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Cache is a write-through cache that uses Watch operations to stay
+// updated. It is most suitable for making range operations on small numbers
+// of small values more efficient. Note that since reads are executed from the
+// in-memory cache, these caches are not suitable for complex Get operations
+// that require OpOptions.
+//
+// Reads come from memory and return fresh instances: mutating a result never
+// changes the cache. Writes go to etcd and, once they succeed, the cache
+// holds their result at once, so a caller reads its own writes, also inside a
+// Txn. Writes and watch events for one key are ordered by etcd revision: an
+// older one never overwrites a newer one.
+//
+// A cache never serves silently stale data: reads before Start, after Stop,
+// and after the watch stopped on its own (context ended, closed client)
+// return an error.
+type Cache[V Value] interface {
+	// Start loads the prefix and keeps it current with a watch that follows
+	// every rule of [WatchOp.Watch], including re-reading after a
+	// compaction. ctx governs the watch: when it ends, reads fail with its
+	// error. A second Start without Stop returns an error wrapping
+	// [ErrWatchAlreadyInProgress].
+	Start(ctx context.Context) error
+	// Put returns an operation that puts a key-value pair into storage.
+	// Cache Put, Create and Update write the new version (and a
+	// RevisionedValue's mod revision) back into item on success.
+	Put(item V, options ...clientv3.OpOption) PutOp[V]
+	// Create returns an operation that creates a key value pair with an
+	// optional time-to-live. This operation will fail with ErrAlreadyExists
+	// if the given key already exists.
+	Create(item V, options ...clientv3.OpOption) PutOp[V]
+	// Update returns an operation updates an existing key value pair with a
+	// new value and an optional time-to-live. This operation will fail with
+	// ErrValueVersionMismatch if the stored value's version does not match
+	// the given value's version. Note that this operation is equivalent to a
+	// create when the item version is 0.
+	Update(item V, options ...clientv3.OpOption) PutOp[V]
+	// DeleteByKey returns an operation that deletes a single value by key. A
+	// key outside the cache's prefix is deleted in etcd and leaves the cache
+	// alone.
+	DeleteByKey(key string, options ...clientv3.OpOption) DeleteOp
+	// DeleteValue returns an operation that deletes a single value if its
+	// version matches the given value's version. Its Exec method will return
+	// an ErrValueVersionMismatch if the stored value version did not match
+	// the given value version.
+	DeleteValue(item V, options ...clientv3.OpOption) DeleteValueOp[V]
+	// DeletePrefix returns an operation that deletes a multiple values by
+	// prefix, which must lie inside the cache's prefix. The empty prefix is
+	// refused.
+	DeletePrefix(prefix string, options ...clientv3.OpOption) DeleteOp
+	// Get returns an operation that returns a single value by key. A key that
+	// is not cached, or lies outside the prefix, gives an error wrapping
+	// [ErrNotFound].
+	Get(key string) GetOp[V]
+	// GetPrefix returns an operation that returns multiple values by prefix,
+	// in key order. The empty prefix reads every item of the cache.
+	GetPrefix(prefix string) GetMultipleOp[V]
+	// Stop stops the cache and returns once every goroutine it started has
+	// exited. It empties the cache; Start may be called again. Stop is
+	// idempotent and safe before Start.
+	Stop()
+	// Error reports errors that originate from the cache's watch.
+	Error() <-chan error
+	// PropagateErrors will propagate errors from the cache's Error() channel
+	// to the given error channel in a goroutine until the given context is
+	// complete.
+	PropagateErrors(ctx context.Context, ch chan error)
+}
+
+// writeThrough is what a cache's write ops call: checkWrite before the
+// request, writeDelete after a delete succeeded.
+type writeThrough interface {
+	checkWrite(key string) error
+	writeDelete(key string, prefix bool, revision int64)
+}
+
+// errNotStarted answers reads and writes of a cache before Start.
+var errNotStarted = errors.New("cache not started")
+
+// entry is a cached key: its stored bytes and metadata. Values are decoded
+// on every read, which gives each caller a fresh instance and answers
+// undecodable bytes with the decode error an etcd read would give.
+type entry struct {
+	key         string
+	value       []byte // stored bytes, never modified
+	version     int64
+	modRevision int64
+}
+
+// rangeTombstone is a write-through DeletePrefix the watch has not passed:
+// it keeps older watch puts from bringing keys of its range back.
+type rangeTombstone struct {
+	start, end string
+	revision   int64
+}
+
+type cache[V Value] struct {
+	client *clientv3.Client
+	prefix string // with its trailing slash
+	keyOf  func(v V) string
+	w      *watcher
+
+	mu      sync.RWMutex // protects the following fields
+	started bool         // between the first read of Start and Stop
+	err     error        // why the watch stopped on its own; reads fail with it
+	items   *btree.BTreeG[*entry]
+	rev     int64 // every change up to rev has reached the cache from the watch
+	// Tombstones of write-through deletes at revisions the watch has not
+	// reached, so that an older put the watch still delivers is ignored.
+	tombstones      map[string]int64 // key -> delete revision
+	rangeTombstones []rangeTombstone
+}
+
+var (
+	_ Cache[*StoredValue] = (*cache[*StoredValue])(nil)
+	_ sink                = (*cache[*StoredValue])(nil)
+	_ writeThrough        = (*cache[*StoredValue])(nil)
+)
+
+// NewCache returns a cache of the values under prefix (a trailing slash is
+// added if missing); key(v) gives the etcd key of an item, which must lie
+// under prefix. Call Start before use.
+func NewCache[V Value](client *clientv3.Client, prefix string, key func(v V) string) Cache[V] {
+	prefix = withTrailingSlash(prefix)
+	return &cache[V]{client: client, prefix: prefix, keyOf: key, w: newWatcher(client, prefix, true, nil)}
+}
+
+func (c *cache[V]) Start(ctx context.Context) error {
+	if err := c.w.start(ctx, c); err != nil {
+		return fmt.Errorf("cache %s: start: %w", c.prefix, err)
+	}
+	return nil
+}
+
+func (c *cache[V]) Stop() {
+	c.w.close()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.started, c.err, c.items, c.rev = false, nil, nil, 0
+	c.tombstones, c.rangeTombstones = nil, nil
+}
+
+func (c *cache[V]) Error() <-chan error { return c.w.errc }
+
+func (c *cache[V]) PropagateErrors(ctx context.Context, ch chan error) {
+	propagateErrors(ctx, c.w.errc, ch)
+}
+
+func (c *cache[V]) Put(item V, options ...clientv3.OpOption) PutOp[V] {
+	return &putOp[V]{client: c.client, kind: putAlways, key: c.keyOf(item), val: item, opts: options, cache: c}
+}
+
+func (c *cache[V]) Create(item V, options ...clientv3.OpOption) PutOp[V] {
+	return &putOp[V]{client: c.client, kind: putCreate, key: c.keyOf(item), val: item, opts: options, cache: c}
+}
+
+func (c *cache[V]) Update(item V, options ...clientv3.OpOption) PutOp[V] {
+	return &putOp[V]{client: c.client, kind: putUpdate, key: c.keyOf(item), val: item, opts: options, cache: c}
+}
+
+func (c *cache[V]) DeleteByKey(key string, options ...clientv3.OpOption) DeleteOp {
+	op := &deleteOp{client: c.client, key: key, opts: options}
+	if strings.HasPrefix(key, c.prefix) {
+		op.cache = c
+	}
+	return op
+}
+
+func (c *cache[V]) DeleteValue(item V, options ...clientv3.OpOption) DeleteValueOp[V] {
+	return &deleteValueOp[V]{client: c.client, key: c.keyOf(item), val: item, opts: options, cache: c}
+}
+
+func (c *cache[V]) DeletePrefix(prefix string, options ...clientv3.OpOption) DeleteOp {
+	return &deleteOp{client: c.client, key: withTrailingSlash(prefix), prefix: true, opts: options, cache: c}
+}
+
+func (c *cache[V]) Get(key string) GetOp[V] { return cacheGetOp[V]{c: c, key: key} }
+
+func (c *cache[V]) GetPrefix(prefix string) GetMultipleOp[V] {
+	return cacheGetPrefixOp[V]{c: c, prefix: prefix}
+}
+
+// readableLocked returns why the cache cannot answer reads, or nil.
+func (c *cache[V]) readableLocked() error {
+	switch {
+	case !c.started:
+		return fmt.Errorf("cache %s: %w", c.prefix, errNotStarted)
+	case c.err != nil:
+		return fmt.Errorf("cache %s: watch stopped: %w", c.prefix, c.err)
+	}
+	return nil
+}
+
+// checkWrite refuses a write-through op on a key (or prefix) outside the
+// cache, or on a cache that is not started.
+func (c *cache[V]) checkWrite(key string) error {
+	if !strings.HasPrefix(key, c.prefix) {
+		return fmt.Errorf("%s is outside the cache's prefix %s", key, c.prefix)
+	}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if !c.started {
+		return fmt.Errorf("cache %s: %w", c.prefix, errNotStarted)
+	}
+	return nil
+}
+
+// writePut records a successful put at revision unless the cache already
+// knows a newer state of the key.
+func (c *cache[V]) writePut(key string, value []byte, version, revision int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.started || revision <= c.rev {
+		return // the watch has delivered this write, or a later state
+	}
+	c.putLocked(&entry{key: key, value: value, version: version, modRevision: revision})
+}
+
+// writeDelete records a successful delete of key (or of the prefix key) at
+// revision, with a tombstone that lasts until the watch passes revision.
+func (c *cache[V]) writeDelete(key string, prefix bool, revision int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.started || revision <= c.rev {
+		return
+	}
+	if !prefix {
+		c.deleteLocked(key, revision)
+		if c.tombstones == nil {
+			c.tombstones = make(map[string]int64)
+		}
+		c.tombstones[key] = max(c.tombstones[key], revision)
+		return
+	}
+	start, end := prefixRange(key)
+	var gone []*entry
+	c.items.AscendRange(&entry{key: start}, &entry{key: end}, func(e *entry) bool {
+		if e.modRevision < revision {
+			gone = append(gone, e)
+		}
+		return true
+	})
+	for _, e := range gone {
+		c.items.Delete(e)
+	}
+	c.rangeTombstones = append(c.rangeTombstones, rangeTombstone{start: start, end: end, revision: revision})
+}
+
+// putLocked stores e unless the cache holds a newer state of its key: an
+// entry or tombstone at a later revision.
+func (c *cache[V]) putLocked(e *entry) {
+	if old, ok := c.items.Get(e); ok && old.modRevision >= e.modRevision {
+		return
+	}
+	if c.tombstones[e.key] > e.modRevision {
+		return
+	}
+	for _, t := range c.rangeTombstones {
+		if t.revision > e.modRevision && e.key >= t.start && e.key < t.end {
+			return
+		}
+	}
+	c.items.ReplaceOrInsert(e)
+}
+
+// deleteLocked removes key as of revision unless its entry is newer.
+func (c *cache[V]) deleteLocked(key string, revision int64) {
+	probe := &entry{key: key}
+	if old, ok := c.items.Get(probe); ok && old.modRevision < revision {
+		c.items.Delete(probe)
+	}
+}
+
+// passedLocked moves the watch revision to rev and drops the tombstones it
+// has passed: the watch has delivered their deletes, or later changes.
+func (c *cache[V]) passedLocked(rev int64) {
+	c.rev = max(c.rev, rev)
+	for key, r := range c.tombstones {
+		if r <= c.rev {
+			delete(c.tombstones, key)
+		}
+	}
+	kept := c.rangeTombstones[:0]
+	for _, t := range c.rangeTombstones {
+		if t.revision > c.rev {
+			kept = append(kept, t)
+		}
+	}
+	c.rangeTombstones = kept
+}
+
+// reset replaces the contents with a read at rev (sink). Entries written
+// through at a later revision than the read stay, and tombstones still apply.
+func (c *cache[V]) reset(_ context.Context, kvs []*mvccpb.KeyValue, rev int64) error {
+	items := btree.NewG(32, func(a, b *entry) bool { return a.key < b.key })
+	for _, kv := range kvs {
+		items.ReplaceOrInsert(newEntry(kv))
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	old := c.items
+	c.items, c.started, c.err = items, true, nil
+	if old != nil {
+		old.Ascend(func(e *entry) bool {
+			if e.modRevision > rev {
+				c.items.ReplaceOrInsert(e)
+			}
+			return true
+		})
+	}
+	for key, r := range c.tombstones {
+		c.deleteLocked(key, r)
+	}
+	for _, t := range c.rangeTombstones {
+		var gone []*entry
+		c.items.AscendRange(&entry{key: t.start}, &entry{key: t.end}, func(e *entry) bool {
+			if e.modRevision < t.revision {
+				gone = append(gone, e)
+			}
+			return true
+		})
+		for _, e := range gone {
+			c.items.Delete(e)
+		}
+	}
+	c.rev = 0
+	c.passedLocked(rev)
+	return nil
+}
+
+// apply applies the events of one watch response (sink).
+func (c *cache[V]) apply(_ context.Context, events []*clientv3.Event) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, ev := range events {
+		if ev.Type == mvccpb.DELETE {
+			c.deleteLocked(string(ev.Kv.Key), ev.Kv.ModRevision)
+			continue
+		}
+		c.putLocked(newEntry(ev.Kv))
+	}
+	c.passedLocked(events[len(events)-1].Kv.ModRevision)
+	return nil
+}
+
+// progressed moves the watch revision on a progress notification (sink).
+func (c *cache[V]) progressed(rev int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.passedLocked(rev)
+}
+
+// stopped makes every later read fail with why the watch stopped (sink).
+func (c *cache[V]) stopped(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.err = err
+}
+
+func newEntry(kv *mvccpb.KeyValue) *entry {
+	return &entry{key: string(kv.Key), value: kv.Value, version: kv.Version, modRevision: kv.ModRevision}
+}
+
+// decode returns a fresh V for e.
+func decodeEntry[V Value](e *entry) (V, error) {
+	v, err := decodeValue[V](e.key, e.value)
+	if err != nil {
+		return v, err
+	}
+	setVersionAndRevision(v, e.version, e.modRevision)
+	return v, nil
+}
+
+// cacheGetOp implements GetOp from memory.
+type cacheGetOp[V Value] struct {
+	c   *cache[V]
+	key string
+}
+
+func (g cacheGetOp[V]) Exec(context.Context) (V, error) {
+	var zero V
+	g.c.mu.RLock()
+	if err := g.c.readableLocked(); err != nil {
+		g.c.mu.RUnlock()
+		return zero, fmt.Errorf("get %s: %w", g.key, err)
+	}
+	e, ok := g.c.items.Get(&entry{key: g.key})
+	g.c.mu.RUnlock()
+	if !ok {
+		return zero, fmt.Errorf("get %s: %w", g.key, ErrNotFound)
+	}
+	return decodeEntry[V](e)
+}
+
+// cacheGetPrefixOp implements GetMultipleOp from memory.
+type cacheGetPrefixOp[V Value] struct {
+	c      *cache[V]
+	prefix string
+}
+
+func (g cacheGetPrefixOp[V]) Exec(context.Context) ([]V, error) {
+	prefix := withTrailingSlash(g.prefix)
+	if prefix == "" {
+		prefix = g.c.prefix
+	}
+	if !strings.HasPrefix(prefix, g.c.prefix) {
+		return nil, fmt.Errorf("get prefix %s: outside the cache's prefix %s", prefix, g.c.prefix)
+	}
+	start, end := prefixRange(prefix)
+	var found []*entry
+	g.c.mu.RLock()
+	if err := g.c.readableLocked(); err != nil {
+		g.c.mu.RUnlock()
+		return nil, fmt.Errorf("get prefix %s: %w", prefix, err)
+	}
+	g.c.items.AscendRange(&entry{key: start}, &entry{key: end}, func(e *entry) bool {
+		found = append(found, e)
+		return true
+	})
+	g.c.mu.RUnlock()
+	if len(found) == 0 {
+		return nil, nil
+	}
+	out := make([]V, len(found))
+	for i, e := range found {
+		v, err := decodeEntry[V](e)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = v
+	}
+	return out, nil
+}

@@ -1,0 +1,213 @@
+package storage
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// putKind is what a put asks of the stored key.
+type putKind int
+
+const (
+	putAlways putKind = iota // no compare
+	putCreate                // the key must not exist
+	putUpdate                // the stored version (or mod revision) must match
+)
+
+func (k putKind) String() string {
+	switch k {
+	case putCreate:
+		return "create"
+	case putUpdate:
+		return "update"
+	}
+	return "put"
+}
+
+// putOp implements PutOp for Put, Create and Update, alone, in a Txn, and
+// through a Cache.
+type putOp[V Value] struct {
+	client *clientv3.Client
+	kind   putKind
+	key    string
+	val    V
+	opts   []clientv3.OpOption
+	cache  *cache[V] // non-nil for a cache's op: written through on success
+
+	ttl           time.Duration
+	hasTTL        bool
+	updateVersion bool
+	want          expectation // the compare sent by the last Cmps
+	data          []byte      // the bytes sent by the last ClientOp
+	revision      int64
+}
+
+var (
+	_ PutOp[*StoredValue] = (*putOp[*StoredValue])(nil)
+	_ CachedTxnOp         = (*putOp[*StoredValue])(nil)
+)
+
+// NewPutOp returns an operation that stores a key value pair with an optional
+// time-to-live. This operation does not enforce any version constraints.
+func NewPutOp[V Value](client *clientv3.Client, key string, val V, options ...clientv3.OpOption) PutOp[V] {
+	return &putOp[V]{client: client, kind: putAlways, key: key, val: val, opts: options}
+}
+
+// NewCreateOp returns an operation that creates a key value pair with an
+// optional time-to-live. This operation will fail with an error wrapping
+// [ErrAlreadyExists] and naming the key if the given key already exists.
+func NewCreateOp[V Value](client *clientv3.Client, key string, val V, options ...clientv3.OpOption) PutOp[V] {
+	return &putOp[V]{client: client, kind: putCreate, key: key, val: val, opts: options}
+}
+
+// NewUpdateOp returns an operation that updates an existing key value pair
+// with a new value and an optional time-to-live. This operation will fail
+// with an error wrapping [ErrValueVersionMismatch] if the stored value's
+// version does not match the given value's version. Note that this operation
+// is equivalent to a create when the item version is 0.
+//
+// For a value embedding [RevisionedValue] that carries a mod revision, the
+// stored mod revision is compared instead, so a value read before its key was
+// deleted and re-created is refused.
+func NewUpdateOp[V Value](client *clientv3.Client, key string, val V, options ...clientv3.OpOption) PutOp[V] {
+	return &putOp[V]{client: client, kind: putUpdate, key: key, val: val, opts: options}
+}
+
+func (p *putOp[V]) WithTTL(ttl time.Duration) PutOp[V] {
+	p.ttl, p.hasTTL = ttl, true
+	return p
+}
+
+func (p *putOp[V]) WithUpdatedVersion() PutOp[V] {
+	p.updateVersion = true
+	return p
+}
+
+func (p *putOp[V]) Exec(ctx context.Context) error {
+	return execOne(ctx, p.client, p)
+}
+
+func (p *putOp[V]) describe() string { return p.kind.String() + " " + p.key }
+
+func (p *putOp[V]) ClientOp(ctx context.Context) (clientv3.Op, error) {
+	if p.hasTTL && p.ttl <= 0 {
+		return clientv3.Op{}, fmt.Errorf("%s: TTL must be positive, got %v", p.describe(), p.ttl)
+	}
+	if p.cache != nil {
+		if err := p.cache.checkWrite(p.key); err != nil {
+			return clientv3.Op{}, fmt.Errorf("%s: %w", p.describe(), err)
+		}
+	}
+	data, err := encodeValue(p.key, p.val)
+	if err != nil {
+		return clientv3.Op{}, fmt.Errorf("%s: %w", p.describe(), err)
+	}
+	p.data = data
+	opts := p.opts
+	if p.UpdateVersionEnabled() {
+		opts = append(opts[:len(opts):len(opts)], clientv3.WithPrevKV())
+	}
+	// Check the caller's options before a lease is granted for nothing.
+	op, err := checkedOp(p.describe(), func() clientv3.Op { return clientv3.OpPut(p.key, "", opts...) })
+	if err != nil {
+		return op, err
+	}
+	if p.hasTTL {
+		lease, err := grantLease(ctx, p.client, p.ttl)
+		if err != nil {
+			return clientv3.Op{}, fmt.Errorf("%s: %w", p.describe(), err)
+		}
+		opts = append(opts[:len(opts):len(opts)], clientv3.WithLease(lease))
+	}
+	return clientv3.OpPut(p.key, string(data), opts...), nil
+}
+
+func (p *putOp[V]) Cmps() []clientv3.Cmp {
+	switch p.kind {
+	case putCreate:
+		p.want = expectation{}
+	case putUpdate:
+		p.want = expect(p.val)
+	default:
+		return nil
+	}
+	return []clientv3.Cmp{p.want.cmp(p.key)}
+}
+
+// failure explains why the op's compare did not hold against the key as the
+// else branch read it (nil if it does not exist); nil if it held.
+func (p *putOp[V]) failure(kv *mvccpb.KeyValue) error {
+	if p.kind == putCreate {
+		if kv != nil {
+			return fmt.Errorf("%s: %w", p.describe(), ErrAlreadyExists)
+		}
+		return nil
+	}
+	return p.want.failure(p.describe(), kv)
+}
+
+func (p *putOp[V]) UpdateRevision(revision int64) { p.revision = revision }
+
+func (p *putOp[V]) Revision() int64 { return p.revision }
+
+// UpdateVersionEnabled reports whether the op writes the version back. A
+// cache's puts always do, as the cache needs the version too.
+func (p *putOp[V]) UpdateVersionEnabled() bool { return p.updateVersion || p.cache != nil }
+
+func (p *putOp[V]) UpdateVersion(prevKVs map[string]*mvccpb.KeyValue) {
+	if !p.UpdateVersionEnabled() {
+		return
+	}
+	version := int64(1)
+	if prev := prevKVs[p.key]; prev != nil {
+		version = prev.Version + 1
+	}
+	// Every put of one request gets the request's revision as mod revision.
+	setVersionAndRevision(p.val, version, p.revision)
+}
+
+func (p *putOp[V]) UpdateCache() {
+	if p.cache != nil {
+		p.cache.writePut(p.key, p.data, p.val.Version(), p.revision)
+	}
+}
+
+func (p *putOp[V]) txnKey() (kind, key, end string) { return "put", p.key, "" }
+
+// expectation is the one compare a conditional op sends: the key's mod
+// revision when the value carries one (RevisionedValue), else its version.
+type expectation struct {
+	modRevision int64 // compared when > 0
+	version     int64
+}
+
+func expect(v Value) expectation {
+	return expectation{modRevision: modRevisionOf(v), version: v.Version()}
+}
+
+func (e expectation) cmp(key string) clientv3.Cmp {
+	if e.modRevision > 0 {
+		// An equal mod revision implies an equal version, and a re-created
+		// key always has a new one: safe against delete and re-create.
+		return clientv3.Compare(clientv3.ModRevision(key), "=", e.modRevision)
+	}
+	return clientv3.Compare(clientv3.Version(key), "=", e.version)
+}
+
+func (e expectation) failure(what string, kv *mvccpb.KeyValue) error {
+	var version, modRevision int64 // a missing key has both 0
+	if kv != nil {
+		version, modRevision = kv.Version, kv.ModRevision
+	}
+	switch {
+	case e.modRevision > 0 && modRevision != e.modRevision:
+		return fmt.Errorf("%s: mod revision %d, stored %d: %w", what, e.modRevision, modRevision, ErrValueVersionMismatch)
+	case e.modRevision == 0 && version != e.version:
+		return fmt.Errorf("%s: version %d, stored %d: %w", what, e.version, version, ErrValueVersionMismatch)
+	}
+	return nil
+}

@@ -1,0 +1,75 @@
+package storage_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/tests/v3/framework/integration"
+	"go.uber.org/goleak"
+
+	"github.com/etcdkit/storage"
+	"github.com/etcdkit/storage/storagetest"
+)
+
+// host is the test value most tests store: a StoredValue, so read values are
+// reflect.DeepEqual to hand-built ones.
+type host struct {
+	storage.StoredValue
+	Name string `json:"name"`
+	Port int    `json:"port"`
+}
+
+// record embeds RevisionedValue: the ABA-safe variant.
+type record struct {
+	storage.RevisionedValue
+	Name  string `json:"name"`
+	Count int    `json:"count"`
+}
+
+// newClient starts a single-member etcd for t and returns a client to it.
+func newClient(t testing.TB, opts ...storagetest.Option) *clientv3.Client {
+	t.Helper()
+	return storagetest.New(t, opts...)
+}
+
+// testContext returns a context that ends with the test or after a minute.
+func testContext(t testing.TB) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// newCluster starts a multi-member cluster of etcd's integration framework.
+// It is the only place that does: the goroutine-leak check is registered
+// before the cluster, so it runs after Terminate (cleanups run last-in,
+// first-out), and the framework's own leak detection, which skips a test
+// silently when a goroutine predates it, is off. Call it once per top-level
+// test, never from a parallel test.
+func newCluster(t *testing.T, cfg *integration.ClusterConfig) *integration.Cluster {
+	t.Helper()
+	ignore := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
+	integration.BeforeTest(t, integration.WithoutGoLeakDetection())
+	clus := integration.NewCluster(t, cfg)
+	t.Cleanup(func() { clus.Terminate(t) })
+	return clus
+}
+
+// verifyNoLeaks checks, when the test ends, that no goroutine started during
+// it is left (register it before starting etcd: cleanups run in reverse).
+func verifyNoLeaks(t *testing.T) {
+	t.Helper()
+	ignore := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
+}
+
+func put(t testing.TB, client *clientv3.Client, key, val string) int64 {
+	t.Helper()
+	resp, err := client.Put(testContext(t), key, val)
+	require.NoError(t, err)
+	return resp.Header.Revision
+}

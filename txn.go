@@ -1,0 +1,376 @@
+package storage
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Txn is a group of operations that will be executed together in a
+// transaction. If any of the operations contains a condition, such as the
+// CreateOp operation, and that condition fails, the entire transaction fails
+// and nothing is written. Each operation in the transaction must operate on a
+// unique key.
+//
+// A Txn is safe for concurrent use. It can be committed more than once: each
+// Commit sends every op as it is at that moment, so after a conflict a caller
+// refreshes its values and commits the same Txn again.
+type Txn interface {
+	// AddOps adds ops to the transaction; ops added after a Commit join the
+	// next one.
+	AddOps(ops ...TxnOperation)
+	// Commit runs all ops in one etcd transaction. It returns nil for an
+	// empty transaction without sending anything.
+	//
+	// Before any request, it refuses two ops on one key, or a put inside a
+	// prefix another op deletes, with an error wrapping
+	// [ErrDuplicateKeysInTransaction] that lists the offending ops.
+	//
+	// When a compare fails, nothing is written, and the error wraps
+	// [ErrOperationConstraintViolated] and each failed op's own error (so
+	// errors.Is finds [ErrAlreadyExists] or [ErrValueVersionMismatch]); its
+	// message names every failed op and why. Every op gets the response's
+	// revision either way. After success, versions are written back
+	// (WithUpdatedVersion, and always for a Cache's puts) and a Cache's ops
+	// update their cache.
+	Commit(ctx context.Context) error
+}
+
+type txn struct {
+	client *clientv3.Client
+
+	mu  sync.Mutex // protects ops
+	ops []TxnOperation
+}
+
+var _ Txn = (*txn)(nil)
+
+// NewTxn returns a transaction over ops; more can be added with AddOps.
+func NewTxn(client *clientv3.Client, ops ...TxnOperation) Txn {
+	return &txn{client: client, ops: slices.Clone(ops)}
+}
+
+func (t *txn) AddOps(ops ...TxnOperation) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.ops = append(t.ops, ops...)
+}
+
+func (t *txn) Commit(ctx context.Context) error {
+	t.mu.Lock()
+	ops := slices.Clone(t.ops)
+	t.mu.Unlock()
+	return commit(ctx, t.client, ops)
+}
+
+// The package's own ops implement these; ops from elsewhere are handled
+// through TxnOperation alone.
+type (
+	// txnKeyer gives the op's kind ("put", "delete", "get") and key range
+	// without building a request (end is "" for a single key).
+	txnKeyer interface {
+		txnKey() (kind, key, end string)
+	}
+	// describer names the op and key for error messages ("update /a").
+	describer interface {
+		describe() string
+	}
+	// explainer says why the op's compare failed, given the compared key as
+	// read in the same round trip (nil when it does not exist).
+	explainer interface {
+		failure(kv *mvccpb.KeyValue) error
+	}
+	// deleteCounter learns how many keys its delete removed.
+	deleteCounter interface {
+		setDeleted(n int64)
+	}
+)
+
+// execOne runs a single op as its Exec does: a failed compare is returned as
+// the op's own error rather than as a transaction's.
+func execOne(ctx context.Context, client *clientv3.Client, op TxnOperation) error {
+	err := commit(ctx, client, []TxnOperation{op})
+	var failed *txnFailedError
+	if errors.As(err, &failed) && len(failed.failed) == 1 {
+		return failed.failed[0]
+	}
+	return err
+}
+
+// commit runs ops in one request: a plain op when there is one op and no
+// compare, else a transaction whose else branch reads the compared keys, so
+// a failure is explained without a second round trip.
+func commit(ctx context.Context, client *clientv3.Client, ops []TxnOperation) error {
+	if len(ops) == 0 {
+		return nil
+	}
+	clientOps, err := checkDuplicates(ctx, ops)
+	if err != nil {
+		return err
+	}
+	var cmps []clientv3.Cmp
+	for _, op := range ops {
+		cmps = append(cmps, op.Cmps()...)
+	}
+	for i, op := range ops {
+		if _, ok := op.(txnKeyer); !ok {
+			continue // built by checkDuplicates
+		}
+		if clientOps[i], err = op.ClientOp(ctx); err != nil {
+			return err
+		}
+	}
+	if len(ops) == 1 && len(cmps) == 0 {
+		return commitOne(ctx, client, ops[0], clientOps[0])
+	}
+
+	elseOps := readCompared(cmps)
+	resp, err := client.Txn(ctx).If(cmps...).Then(clientOps...).Else(elseOps...).Commit()
+	if err != nil {
+		return wrapRequestErr(describeTxn(ops), err, len(clientOps)+len(elseOps), len(cmps))
+	}
+	for _, op := range ops {
+		op.UpdateRevision(resp.Header.Revision)
+	}
+	if !resp.Succeeded {
+		return explainFailure(ops, resp.Responses)
+	}
+	prevKVs := make(map[string]*mvccpb.KeyValue)
+	for i, r := range resp.Responses {
+		if put := r.GetResponsePut(); put != nil && put.PrevKv != nil {
+			prevKVs[string(put.PrevKv.Key)] = put.PrevKv
+		}
+		if del := r.GetResponseDeleteRange(); del != nil {
+			if dc, ok := ops[i].(deleteCounter); ok {
+				dc.setDeleted(del.Deleted)
+			}
+		}
+	}
+	finish(ops, prevKVs)
+	return nil
+}
+
+// commitOne sends one unconditional op as a plain request.
+func commitOne(ctx context.Context, client *clientv3.Client, op TxnOperation, clientOp clientv3.Op) error {
+	resp, err := client.Do(ctx, clientOp)
+	if err != nil {
+		return wrapRequestErr(describeTxn([]TxnOperation{op}), err, 1, 0)
+	}
+	prevKVs := make(map[string]*mvccpb.KeyValue, 1)
+	switch {
+	case resp.Put() != nil:
+		op.UpdateRevision(resp.Put().Header.Revision)
+		if prev := resp.Put().PrevKv; prev != nil {
+			prevKVs[string(prev.Key)] = prev
+		}
+	case resp.Del() != nil:
+		op.UpdateRevision(resp.Del().Header.Revision)
+		if dc, ok := op.(deleteCounter); ok {
+			dc.setDeleted(resp.Del().Deleted)
+		}
+	case resp.Get() != nil:
+		op.UpdateRevision(resp.Get().Header.Revision)
+	case resp.Txn() != nil:
+		op.UpdateRevision(resp.Txn().Header.Revision)
+	}
+	finish([]TxnOperation{op}, prevKVs)
+	return nil
+}
+
+// finish writes versions back, then updates caches, after a successful
+// request (UpdateRevision has run: versions and caches read the revision).
+func finish(ops []TxnOperation, prevKVs map[string]*mvccpb.KeyValue) {
+	for _, op := range ops {
+		if vu, ok := op.(VersionUpdater); ok && vu.UpdateVersionEnabled() {
+			vu.UpdateVersion(prevKVs)
+		}
+	}
+	for _, op := range ops {
+		if c, ok := op.(CachedTxnOp); ok {
+			c.UpdateCache()
+		}
+	}
+}
+
+// readCompared returns the else branch: a keys-only read of every compared
+// key, once each, which gives the stored version and mod revision.
+func readCompared(cmps []clientv3.Cmp) []clientv3.Op {
+	var ops []clientv3.Op
+	seen := make(map[string]bool, len(cmps))
+	for _, c := range cmps {
+		key := string(c.KeyBytes())
+		if seen[key] {
+			continue
+		}
+		seen[key] = true
+		ops = append(ops, clientv3.OpGet(key, clientv3.WithKeysOnly()))
+	}
+	return ops
+}
+
+// explainFailure builds the error of a failed transaction from the else
+// branch's reads: each failed op, and why.
+func explainFailure(ops []TxnOperation, reads []*pb.ResponseOp) error {
+	stored := make(map[string]*mvccpb.KeyValue)
+	for _, r := range reads {
+		for _, kv := range r.GetResponseRange().GetKvs() {
+			stored[string(kv.Key)] = kv
+		}
+	}
+	var failed []error
+	for i, op := range ops {
+		if e, ok := op.(explainer); ok {
+			if err := e.failure(stored[firstCmpKey(op)]); err != nil {
+				failed = append(failed, err)
+			}
+			continue
+		}
+		for _, c := range op.Cmps() {
+			if !cmpHolds(c, stored[string(c.KeyBytes())]) {
+				failed = append(failed, fmt.Errorf("op %d: compare on %s failed", i, c.KeyBytes()))
+			}
+		}
+	}
+	return &txnFailedError{failed: failed}
+}
+
+func firstCmpKey(op TxnOperation) string {
+	if k, ok := op.(txnKeyer); ok {
+		_, key, _ := k.txnKey()
+		return key
+	}
+	return ""
+}
+
+// cmpHolds evaluates a compare against a key as read (nil: missing, all
+// fields zero), as etcd does.
+func cmpHolds(c clientv3.Cmp, kv *mvccpb.KeyValue) bool {
+	if kv == nil {
+		kv = &mvccpb.KeyValue{}
+	}
+	pc := (*pb.Compare)(&c)
+	var r int
+	switch c.Target {
+	case pb.Compare_VERSION:
+		r = cmpInt(kv.Version, pc.GetVersion())
+	case pb.Compare_CREATE:
+		r = cmpInt(kv.CreateRevision, pc.GetCreateRevision())
+	case pb.Compare_MOD:
+		r = cmpInt(kv.ModRevision, pc.GetModRevision())
+	case pb.Compare_LEASE:
+		r = cmpInt(kv.Lease, pc.GetLease())
+	case pb.Compare_VALUE:
+		r = bytes.Compare(kv.Value, pc.GetValue())
+	}
+	switch c.Result {
+	case pb.Compare_EQUAL:
+		return r == 0
+	case pb.Compare_GREATER:
+		return r > 0
+	case pb.Compare_LESS:
+		return r < 0
+	case pb.Compare_NOT_EQUAL:
+		return r != 0
+	}
+	return false
+}
+
+func cmpInt(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// checkDuplicates refuses, before any request, two ops on one key or a put
+// inside a range another op deletes (etcd refuses both in one txn; the
+// original library refused any two ops on one key). Overlapping deletes are
+// allowed, as etcd allows them. The package's ops give their keys directly;
+// other ops are inspected through ClientOp, and the ops so built are
+// returned for reuse (nil entries for the package's own ops).
+func checkDuplicates(ctx context.Context, ops []TxnOperation) ([]clientv3.Op, error) {
+	type target struct{ kind, key, end string }
+	targets := make([]target, len(ops))
+	clientOps := make([]clientv3.Op, len(ops))
+	for i, op := range ops {
+		if k, ok := op.(txnKeyer); ok {
+			kind, key, end := k.txnKey()
+			targets[i] = target{kind, key, end}
+			continue
+		}
+		co, err := op.ClientOp(ctx)
+		if err != nil {
+			return nil, err
+		}
+		clientOps[i] = co
+		targets[i] = target{opKind(co), string(co.KeyBytes()), string(co.RangeBytes())}
+	}
+
+	var bad []int
+	byKey := make(map[string]int, len(ops)) // single-key ops by key
+	for i, t := range targets {
+		if t.kind == "txn" {
+			continue
+		}
+		if t.end == "" {
+			if j, dup := byKey[t.key]; dup {
+				bad = append(bad, j, i)
+			}
+			byKey[t.key] = i
+		}
+	}
+	for i, t := range targets {
+		if t.kind != "delete" || t.end == "" {
+			continue
+		}
+		for j, u := range targets {
+			inside := u.key >= t.key && (t.end == "\x00" || u.key < t.end)
+			if u.kind == "put" && u.end == "" && inside {
+				bad = append(bad, i, j)
+			}
+		}
+	}
+	if len(bad) == 0 {
+		return clientOps, nil
+	}
+	slices.Sort(bad)
+	bad = slices.Compact(bad)
+	names := make([]string, len(bad))
+	for n, i := range bad {
+		names[n] = targets[i].kind + " " + targets[i].key
+	}
+	return nil, fmt.Errorf("txn: %w: %s", ErrDuplicateKeysInTransaction, strings.Join(names, ", "))
+}
+
+func opKind(op clientv3.Op) string {
+	switch {
+	case op.IsPut():
+		return "put"
+	case op.IsDelete():
+		return "delete"
+	case op.IsGet():
+		return "get"
+	}
+	return "txn"
+}
+
+// describeTxn names a request for errors: the op itself when alone.
+func describeTxn(ops []TxnOperation) string {
+	if len(ops) == 1 {
+		if d, ok := ops[0].(describer); ok {
+			return d.describe()
+		}
+	}
+	return fmt.Sprintf("txn of %d ops", len(ops))
+}

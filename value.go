@@ -1,0 +1,227 @@
+package storage
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/klauspost/compress/gzip"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+)
+
+// Value is the interface that all stored values must adhere to. Values are
+// stored as their encoding/json encoding and carry the key's etcd version,
+// which they expose through this interface. The version is never part of the
+// JSON: embed [StoredValue] (or [RevisionedValue]), or tag your own field
+// `json:"-"`.
+//
+// V in the generic ops is normally a pointer to a struct embedding
+// StoredValue, e.g. *Host.
+type Value interface {
+	// Version returns the etcd version of the key the value was read from or
+	// written to: 1 after a create, +1 on every put, 0 for a value that has
+	// never been stored.
+	Version() int64
+	// SetVersion sets the version. Ops set it after every read, and after a
+	// write when asked to (WithUpdatedVersion).
+	SetVersion(version int64)
+}
+
+// StoredValue is an embeddable struct that implements [Value]. Its only state
+// is the version, so a value read from etcd is reflect.DeepEqual to one built
+// by hand with the same fields and version.
+//
+// A version compare cannot tell a key from one deleted and re-created in the
+// meantime (etcd resets a deleted key's version to 0). Records that are
+// deleted and re-created should embed [RevisionedValue] instead.
+type StoredValue struct {
+	version int64
+}
+
+// Version returns the etcd version of the value's key.
+func (v *StoredValue) Version() int64 { return v.version }
+
+// SetVersion sets the version.
+func (v *StoredValue) SetVersion(version int64) { v.version = version }
+
+// RevisionedValue is an embeddable struct that implements [Value] and also
+// remembers the key's mod revision, set on every read and on every write that
+// writes the version back. For a value that carries a mod revision, Update
+// and DeleteValue compare the mod revision instead of the version, so a value
+// read before its key was deleted and re-created can never overwrite or delete
+// the new key (the ABA problem a version compare has).
+//
+// The cost: a value read from etcd is no longer reflect.DeepEqual to a
+// hand-built one, because it holds a mod revision the hand-built one lacks.
+// Compare fields, or zero the revision with SetVersion, in such tests.
+type RevisionedValue struct {
+	version     int64
+	modRevision int64
+}
+
+// Version returns the etcd version of the value's key.
+func (v *RevisionedValue) Version() int64 { return v.version }
+
+// SetVersion sets the version and forgets the mod revision: a caller setting a
+// version by hand asks for a version compare.
+func (v *RevisionedValue) SetVersion(version int64) {
+	v.version = version
+	v.modRevision = 0
+}
+
+// ModRevision returns the mod revision of the key when the value was last
+// read or written, or 0 if it has none.
+func (v *RevisionedValue) ModRevision() int64 { return v.modRevision }
+
+func (v *RevisionedValue) setModRevision(rev int64) { v.modRevision = rev }
+
+// revisioned is implemented by values that embed RevisionedValue (the method
+// is unexported, so only this package's type provides it).
+type revisioned interface {
+	ModRevision() int64
+	setModRevision(rev int64)
+}
+
+// modRevisionOf returns the remembered mod revision of v, or 0.
+func modRevisionOf(v any) int64 {
+	if r, ok := v.(revisioned); ok {
+		return r.ModRevision()
+	}
+	return 0
+}
+
+// setVersionAndRevision writes a key's version (and for a RevisionedValue its
+// mod revision) into v. SetVersion goes first because it clears the revision.
+func setVersionAndRevision(v Value, version, modRevision int64) {
+	v.SetVersion(version)
+	if r, ok := v.(revisioned); ok {
+		r.setModRevision(modRevision)
+	}
+}
+
+const (
+	// compressThreshold is the encoded size from which values are stored
+	// gzip-compressed. Part of the stored format shared with other services.
+	compressThreshold = 2048
+	// maxDecodedSize bounds what a gzip value may inflate to: a small stored
+	// value can be a decompression bomb.
+	maxDecodedSize = 64 << 20
+	// maxPooledBuffer keeps rare huge buffers out of the pool.
+	maxPooledBuffer = 1 << 20
+)
+
+var (
+	errJSONNull     = errors.New("JSON null is not a value")
+	errTooLarge     = fmt.Errorf("gzip value inflates past %d bytes", maxDecodedSize)
+	gzipWriterPool  = sync.Pool{New: func() any { return gzip.NewWriter(io.Discard) }}
+	gzipReaderPool  sync.Pool // *gzipReader
+	bufferPool      = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+	gzipMagic       = []byte{0x1f, 0x8b}
+	jsonNullLiteral = []byte("null")
+)
+
+// gzipReader bundles what one decompression needs, so that a pooled entry
+// makes the gzip step allocation-free.
+type gzipReader struct {
+	src bytes.Reader
+	zr  gzip.Reader
+	lim io.LimitedReader
+}
+
+// encodeValue returns the stored bytes of v: its JSON, gzip-compressed when
+// the JSON is compressThreshold bytes or longer.
+func encodeValue(key string, v any) ([]byte, error) {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("failed to encode %q: %w", key, err)
+	}
+	if len(data) < compressThreshold {
+		return data, nil
+	}
+	return compress(data), nil
+}
+
+// compress gzips data (RFC 1952, readable by compress/gzip) with a pooled
+// writer.
+func compress(data []byte) []byte {
+	out := bytes.NewBuffer(make([]byte, 0, len(data)/3+64))
+	zw := gzipWriterPool.Get().(*gzip.Writer)
+	zw.Reset(out)
+	// Writes to a bytes.Buffer cannot fail.
+	_, _ = zw.Write(data)
+	_ = zw.Close()
+	gzipWriterPool.Put(zw)
+	return out.Bytes()
+}
+
+// decodeKV decodes the value of kv into a new V and sets its version (and
+// mod revision). Stored bytes that cannot be decoded give an error naming the
+// key, never a panic.
+func decodeKV[V Value](kv *mvccpb.KeyValue) (V, error) {
+	v, err := decodeValue[V](string(kv.Key), kv.Value)
+	if err != nil {
+		return v, err
+	}
+	setVersionAndRevision(v, kv.Version, kv.ModRevision)
+	return v, nil
+}
+
+// decodeValue decodes stored bytes into a new V: gzip when they start with
+// the gzip magic, plain JSON otherwise.
+func decodeValue[V Value](key string, data []byte) (V, error) {
+	var v V
+	if !bytes.HasPrefix(data, gzipMagic) {
+		return v, unmarshal(key, data, &v)
+	}
+	buf := bufferPool.Get().(*bytes.Buffer)
+	defer putBuffer(buf)
+	if err := decompress(buf, data); err != nil {
+		return v, fmt.Errorf("failed to decode %q: %w", key, err)
+	}
+	return v, unmarshal(key, buf.Bytes(), &v)
+}
+
+func unmarshal[V Value](key string, data []byte, v *V) error {
+	if bytes.Equal(bytes.TrimSpace(data), jsonNullLiteral) {
+		// null would leave a nil V that panics on first use.
+		return fmt.Errorf("failed to decode %q: %w", key, errJSONNull)
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		var zero V
+		*v = zero
+		return fmt.Errorf("failed to decode %q: %w", key, err)
+	}
+	return nil
+}
+
+// decompress inflates gzip data into buf, refusing more than maxDecodedSize.
+func decompress(buf *bytes.Buffer, data []byte) error {
+	r, _ := gzipReaderPool.Get().(*gzipReader)
+	if r == nil {
+		r = new(gzipReader)
+	}
+	defer gzipReaderPool.Put(r)
+	r.src.Reset(data)
+	if err := r.zr.Reset(&r.src); err != nil {
+		return err
+	}
+	r.lim = io.LimitedReader{R: &r.zr, N: maxDecodedSize + 1}
+	if _, err := buf.ReadFrom(&r.lim); err != nil {
+		return err
+	}
+	if buf.Len() > maxDecodedSize {
+		return errTooLarge
+	}
+	return nil
+}
+
+func putBuffer(buf *bytes.Buffer) {
+	if buf.Cap() > maxPooledBuffer {
+		return
+	}
+	buf.Reset()
+	bufferPool.Put(buf)
+}

@@ -1,0 +1,456 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// watcher is the list-and-watch loop that WatchOp and Cache share: read the
+// key or prefix, deliver it, watch from the next revision; on a recoverable
+// failure back off and resume from the last delivered revision; on
+// compaction re-read and deliver the difference. It delivers raw etcd data to
+// a sink; decoding is the sink's business.
+type watcher struct {
+	client *clientv3.Client
+	key    string              // the key, or the start of the prefix range
+	end    string              // "" for one key, else the end of the prefix range
+	what   string              // names the watch in errors: "watch /a/"
+	opts   []clientv3.OpOption // the caller's extra watch options
+	errc   chan error          // cap 1; the run's goroutine sends, never closed
+
+	mu  sync.Mutex // protects run
+	run *watchRun  // nil when no run is in progress (until Close)
+
+	// Counters of the library's own recovery paths, read by tests: clientv3
+	// resumes some faults by itself, so events arriving prove nothing.
+	resumes  atomic.Int64 // watches restarted after a failure
+	relists  atomic.Int64 // re-reads after a compaction
+	progress atomic.Int64 // progress notifications that moved the revision
+}
+
+// watchRun is one run of a watcher, from start to Close.
+type watchRun struct {
+	cancel context.CancelCauseFunc
+	donec  chan struct{} // closed when the run's goroutine exits (or none started)
+	// caller is the id of the goroutine that calls the sink (and so the
+	// user's handler), 0 when none does: Close from inside a handler must
+	// not wait for itself.
+	caller atomic.Uint64
+}
+
+// sink receives what a watcher reads, in revision order. An error returned
+// by a sink stops the run and is reported.
+type sink interface {
+	// reset delivers a whole read at rev: the first read, or a re-read after
+	// etcd compacted past the last delivered revision.
+	reset(ctx context.Context, kvs []*mvccpb.KeyValue, rev int64) error
+	// apply delivers the events of one watch response.
+	apply(ctx context.Context, events []*clientv3.Event) error
+	// progressed reports that every change up to rev has been delivered.
+	progressed(rev int64)
+	// stopped reports that the run stopped on its own with err.
+	stopped(err error)
+}
+
+const (
+	// readPageSize is the page size of the reads; halved when a page
+	// exceeds the client's receive limit.
+	readPageSize = 1000
+	backoffBase  = 50 * time.Millisecond
+	backoffMax   = 2 * time.Second
+)
+
+var (
+	// errClosed is the cancel cause of a run stopped by Close: its end is
+	// not an error to report.
+	errClosed = errors.New("watch closed")
+	// errWatchClosed is a watch channel that closed: clientv3 closes it
+	// after an error response, and sometimes after a dropped stream without
+	// one. A closed channel never blocks again, so it always ends a watch.
+	errWatchClosed = errors.New("watch channel closed")
+	// errCompacted marks a watch that must re-read: etcd compacted past the
+	// revision it would resume from.
+	errCompacted = errors.New("revision compacted")
+)
+
+// stopError marks an error that ends a run: retrying cannot help.
+type stopError struct{ err error }
+
+func (e stopError) Error() string { return e.err.Error() }
+func (e stopError) Unwrap() error { return e.err }
+
+func newWatcher(client *clientv3.Client, key string, prefix bool, opts []clientv3.OpOption) *watcher {
+	w := &watcher{client: client, key: key, opts: opts, errc: make(chan error, 1)}
+	w.what = "watch " + key
+	if prefix {
+		w.key, w.end = prefixRange(key)
+		w.what = "watch prefix " + key
+	}
+	return w
+}
+
+// checkOptions refuses caller options that conflict with the watcher's own
+// (it sets the revision and the range) or that clientv3's watch panics on.
+func (w *watcher) checkOptions() error {
+	o := inspectOptions(w.opts)
+	switch {
+	case o.Rev() != 0 || o.RangeBytes() != nil || o.IsOptsWithPrefix() || o.IsOptsWithFromKey():
+		return fmt.Errorf("%s: invalid option: the watch sets its own revision and range", w.what)
+	case o.Limit() != 0 || o.IsSerializable() || o.IsCountOnly() || o.IsKeysOnly() ||
+		o.MinModRev() != 0 || o.MaxModRev() != 0 || o.MinCreateRev() != 0 || o.MaxCreateRev() != 0:
+		return fmt.Errorf("%s: invalid option: only watch options apply", w.what)
+	}
+	// Lease and sort options are not visible through clientv3.Op's accessors;
+	// OpDelete rejects both as the watch does (it also rejects filters, which
+	// fit a watch, so only its lease and sort verdicts count).
+	if _, err := checkedOp(w.what, func() clientv3.Op { return clientv3.OpDelete("k", w.opts...) }); err != nil {
+		for _, bad := range []string{"unexpected lease", "unexpected sort"} {
+			if strings.Contains(err.Error(), bad) {
+				return fmt.Errorf("%s: invalid option: only watch options apply (%s)", w.what, bad)
+			}
+		}
+	}
+	return nil
+}
+
+// start reads and delivers the initial state, then runs the watch in a
+// goroutine governed by ctx. An error from the read or the sink is returned
+// and nothing is left running.
+func (w *watcher) start(ctx context.Context, s sink) error {
+	if err := w.checkOptions(); err != nil {
+		return err
+	}
+	w.mu.Lock()
+	if w.run != nil {
+		w.mu.Unlock()
+		return fmt.Errorf("%s: %w", w.what, ErrWatchAlreadyInProgress)
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	run := &watchRun{cancel: cancel, donec: make(chan struct{})}
+	w.run = run
+	w.mu.Unlock()
+
+	run.caller.Store(goid())
+	rev, err := w.read(ctx, s)
+	run.caller.Store(0)
+	if err != nil || context.Cause(ctx) == errClosed {
+		cancel(nil)
+		close(run.donec)
+		w.mu.Lock()
+		if w.run == run {
+			w.run = nil
+		}
+		w.mu.Unlock()
+		var stop stopError
+		if errors.As(err, &stop) {
+			err = stop.err
+		}
+		if err != nil && context.Cause(ctx) != errClosed {
+			return err
+		}
+		return nil // closed from inside the handler
+	}
+	go func() {
+		defer close(run.donec)
+		run.caller.Store(goid())
+		w.loop(ctx, run, s, rev)
+	}()
+	return nil
+}
+
+// close stops the run, if any, and returns once its goroutine has exited;
+// called from inside the sink it does not wait for itself. An error the run
+// sent and nobody read is dropped. Idempotent.
+func (w *watcher) close() {
+	w.mu.Lock()
+	run := w.run
+	w.run = nil
+	w.mu.Unlock()
+	if run == nil {
+		return
+	}
+	run.cancel(errClosed)
+	if run.caller.Load() != goid() {
+		<-run.donec
+	}
+	select {
+	case <-w.errc:
+	default:
+	}
+}
+
+// loop is the run's goroutine: watch, and on failure either re-read
+// (compaction), back off and resume (recoverable), or stop (everything else).
+func (w *watcher) loop(ctx context.Context, run *watchRun, s sink, rev int64) {
+	var failures int
+	relist := false
+	for {
+		var err error
+		if relist {
+			w.relists.Add(1)
+			var newRev int64
+			if newRev, err = w.read(ctx, s); err == nil {
+				rev, failures, relist = newRev, 0, false
+				continue
+			}
+		} else {
+			err = w.watchFrom(ctx, s, &rev, &failures)
+		}
+		switch {
+		case ctx.Err() != nil:
+			w.halt(run, s, fmt.Errorf("%s: %w", w.what, context.Cause(ctx)))
+			return
+		case errors.Is(err, errCompacted):
+			relist = true
+			continue
+		case isStop(err):
+			w.halt(run, s, err)
+			return
+		}
+		w.resumes.Add(1)
+		if !sleepCtx(ctx, backoff(failures)) {
+			continue // the context check above ends the run
+		}
+		failures++
+	}
+}
+
+// watchFrom watches from rev+1 and delivers until the watch fails, moving
+// rev to the last delivered revision. It always returns an error.
+func (w *watcher) watchFrom(ctx context.Context, s sink, rev *int64, failures *int) error {
+	// A member cut off from its peers ends a watch that requires a leader
+	// with ErrNoLeader; a plain watch would stay silent until it heals.
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	opts := append(w.opts[:len(w.opts):len(w.opts)],
+		clientv3.WithRev(*rev+1),
+		clientv3.WithProgressNotify(),
+		clientv3.WithFragment(), // a large catch-up never exceeds the receive limit
+	)
+	if w.end != "" {
+		opts = append(opts, clientv3.WithRange(w.end))
+	}
+	wch := w.client.Watch(wctx, w.key, opts...)
+	for {
+		var resp clientv3.WatchResponse
+		var ok bool
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case resp, ok = <-wch:
+		}
+		if !ok {
+			if err := w.client.Ctx().Err(); err != nil {
+				// clientv3 returns a closed channel at once for a closed
+				// client: retrying would spin.
+				return stopError{fmt.Errorf("%s: etcd client closed: %w", w.what, err)}
+			}
+			return errWatchClosed
+		}
+		if err := classify(w.what, resp); err != nil {
+			return err
+		}
+		*failures = 0
+		if resp.IsProgressNotify() {
+			// Progress notifications come only when every change up to the
+			// header revision has been sent, unlike other responses, whose
+			// header can run ahead of their events during a catch-up.
+			if h := resp.Header.Revision; h > *rev {
+				*rev = h
+				w.progress.Add(1)
+				s.progressed(h)
+			}
+			continue
+		}
+		if len(resp.Events) == 0 {
+			continue
+		}
+		if err := s.apply(ctx, resp.Events); err != nil {
+			return stopError{fmt.Errorf("%s: %w", w.what, err)}
+		}
+		*rev = resp.Events[len(resp.Events)-1].Kv.ModRevision
+	}
+}
+
+// classify sorts out a watch response that ends the watch.
+func classify(what string, resp clientv3.WatchResponse) error {
+	err := resp.Err()
+	switch {
+	case resp.CompactRevision != 0 || errors.Is(err, rpctypes.ErrCompacted):
+		return fmt.Errorf("%s: compacted at %d: %w", what, resp.CompactRevision, errCompacted)
+	case err == nil:
+		return nil
+	case isAuthError(err):
+		return stopError{fmt.Errorf("%s: %w", what, err)}
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+// read reads the whole key or prefix and resets the sink to it.
+func (w *watcher) read(ctx context.Context, s sink) (int64, error) {
+	kvs, rev, err := w.readAll(ctx)
+	if err != nil {
+		if isAuthError(err) {
+			return 0, stopError{err}
+		}
+		return 0, err
+	}
+	if err := s.reset(ctx, kvs, rev); err != nil {
+		return 0, stopError{fmt.Errorf("%s: %w", w.what, err)}
+	}
+	return rev, nil
+}
+
+// readAll reads the key, or the prefix in pages all pinned to the first
+// page's revision. A page too large for the client's receive limit is read
+// again in halves.
+func (w *watcher) readAll(ctx context.Context) ([]*mvccpb.KeyValue, int64, error) {
+	if w.end == "" {
+		resp, err := w.client.Get(ctx, w.key)
+		if err != nil {
+			return nil, 0, fmt.Errorf("%s: read: %w", w.what, err)
+		}
+		return resp.Kvs, resp.Header.Revision, nil
+	}
+	var kvs []*mvccpb.KeyValue
+	var rev int64
+	start, limit := w.key, int64(readPageSize)
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(w.end), clientv3.WithLimit(limit)}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		resp, err := w.client.Get(ctx, start, opts...)
+		if status.Code(err) == codes.ResourceExhausted && limit > 1 {
+			limit /= 2
+			continue
+		}
+		if err != nil {
+			return nil, 0, fmt.Errorf("%s: read at revision %d: %w", w.what, rev, err)
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		kvs = append(kvs, resp.Kvs...)
+		if !resp.More || len(resp.Kvs) == 0 {
+			return kvs, rev, nil
+		}
+		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+}
+
+// halt ends a run that stopped on its own: the sink learns why, and the
+// error goes to Error() unless the run was closed meanwhile.
+func (w *watcher) halt(run *watchRun, s sink, err error) {
+	if errors.Is(err, errClosed) {
+		return
+	}
+	var stop stopError
+	if errors.As(err, &stop) {
+		err = stop.err
+	}
+	s.stopped(err)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.run != run {
+		return
+	}
+	select {
+	case w.errc <- err:
+	default:
+	}
+}
+
+// propagateErrors forwards errc to ch until ctx ends.
+func propagateErrors(ctx context.Context, errc <-chan error, ch chan error) {
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case err := <-errc:
+				select {
+				case ch <- err:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+}
+
+func isStop(err error) bool {
+	var stop stopError
+	return errors.As(err, &stop)
+}
+
+// isAuthError reports errors that retrying cannot fix: the client's
+// credentials are wrong or lack permission.
+func isAuthError(err error) bool {
+	switch status.Code(errors.Unwrap(err)) {
+	case codes.PermissionDenied, codes.Unauthenticated:
+		return true
+	}
+	return errors.Is(err, rpctypes.ErrPermissionDenied) || errors.Is(err, rpctypes.ErrInvalidAuthToken) ||
+		errors.Is(err, rpctypes.ErrAuthFailed) || errors.Is(err, rpctypes.ErrUserEmpty)
+}
+
+// backoff is the wait before retry number failures+1: none for the first,
+// then exponential from backoffBase, capped at backoffMax, with jitter so
+// that many watches do not retry in step.
+func backoff(failures int) time.Duration {
+	if failures == 0 {
+		return 0
+	}
+	d := backoffMax
+	if failures < 8 {
+		d = min(backoffBase<<(failures-1), backoffMax)
+	}
+	return d/2 + rand.N(d/2+1)
+}
+
+// sleepCtx waits d or until ctx ends; it reports whether d passed.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// goid returns the current goroutine's id, parsed from its stack header
+// ("goroutine 42 [running]:"). Go offers no other way for Close to know it
+// is being called from inside the handler it would otherwise wait for.
+func goid() uint64 {
+	var buf [64]byte
+	b := buf[:runtime.Stack(buf[:], false)]
+	b = b[len("goroutine "):]
+	for i, c := range b {
+		if c == ' ' {
+			b = b[:i]
+			break
+		}
+	}
+	id, _ := strconv.ParseUint(string(b), 10, 64)
+	return id
+}
