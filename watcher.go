@@ -31,6 +31,9 @@ type watcher struct {
 	what   string              // names the watch in errors: "watch /a/"
 	opts   []clientv3.OpOption // the caller's extra watch options
 	errc   chan error          // cap 1; the run's goroutine sends, never closed
+	// maxPending bounds the backlog of a slow handler (a field so that
+	// white-box tests can lower it).
+	maxPending int
 
 	mu  sync.Mutex // protects run
 	run *watchRun  // nil when no run is in progress (until Close)
@@ -40,6 +43,9 @@ type watcher struct {
 	resumes  atomic.Int64 // watches restarted after a failure
 	relists  atomic.Int64 // re-reads after a compaction
 	progress atomic.Int64 // progress notifications that moved the revision
+	backlogs atomic.Int64 // streams cancelled because the handler lagged
+	// maxPendingSeen is the largest backlog observed, in events.
+	maxPendingSeen atomic.Int64
 }
 
 // watchRun is one run of a watcher, from start to Close.
@@ -70,6 +76,9 @@ const (
 	// readPageSize is the page size of the reads; halved when a page
 	// exceeds the client's receive limit.
 	readPageSize = 1000
+	// maxPending is how many received events may wait for a slow handler
+	// before the watch cancels its stream (see watchFrom).
+	maxPending = 1000
 	backoffBase  = 50 * time.Millisecond
 	backoffMax   = 2 * time.Second
 )
@@ -82,6 +91,9 @@ var (
 	// after an error response, and sometimes after a dropped stream without
 	// one. A closed channel never blocks again, so it always ends a watch.
 	errWatchClosed = errors.New("watch channel closed")
+	// errBacklog is a watch stream cancelled because the handler fell more
+	// than maxPending events behind.
+	errBacklog = errors.New("handler backlog exceeded")
 	// errCompacted marks a watch that must re-read: etcd compacted past the
 	// revision it would resume from.
 	errCompacted = errors.New("revision compacted")
@@ -94,7 +106,7 @@ func (e stopError) Error() string { return e.err.Error() }
 func (e stopError) Unwrap() error { return e.err }
 
 func newWatcher(client *clientv3.Client, key string, prefix bool, opts []clientv3.OpOption) *watcher {
-	w := &watcher{client: client, key: key, opts: opts, errc: make(chan error, 1)}
+	w := &watcher{client: client, key: key, opts: opts, errc: make(chan error, 1), maxPending: maxPending}
 	w.what = "watch " + key
 	if prefix {
 		w.key, w.end = prefixRange(key)
@@ -231,11 +243,17 @@ func (w *watcher) loop(ctx context.Context, run *watchRun, s sink, rev int64) {
 
 // watchFrom watches from rev+1 and delivers until the watch fails, moving
 // rev to the last delivered revision. It always returns an error.
+//
+// A receiver goroutine moves responses from clientv3's channel into a queue
+// that this goroutine delivers from. clientv3 buffers watch responses without
+// limit while the receiver lags, so the queue is the one place the backlog of
+// a slow handler can be bounded: past maxPending events the receiver cancels
+// the stream, and once the handler has caught up the loop resumes from the
+// last delivered revision (re-reading if etcd compacted meanwhile).
 func (w *watcher) watchFrom(ctx context.Context, s sink, rev *int64, failures *int) error {
 	// A member cut off from its peers ends a watch that requires a leader
 	// with ErrNoLeader; a plain watch would stay silent until it heals.
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
 	opts := append(w.opts[:len(w.opts):len(w.opts)],
 		clientv3.WithRev(*rev+1),
 		clientv3.WithProgressNotify(),
@@ -244,22 +262,21 @@ func (w *watcher) watchFrom(ctx context.Context, s sink, rev *int64, failures *i
 	if w.end != "" {
 		opts = append(opts, clientv3.WithRange(w.end))
 	}
+	q := &respQueue{ready: make(chan struct{}, 1)}
 	wch := w.client.Watch(wctx, w.key, opts...)
+	donec := make(chan struct{})
+	go func() {
+		defer close(donec)
+		w.receive(wctx, cancel, wch, q)
+	}()
+	defer func() {
+		cancel()
+		<-donec
+	}()
 	for {
-		var resp clientv3.WatchResponse
-		var ok bool
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case resp, ok = <-wch:
-		}
-		if !ok {
-			if err := w.client.Ctx().Err(); err != nil {
-				// clientv3 returns a closed channel at once for a closed
-				// client: retrying would spin.
-				return stopError{fmt.Errorf("%s: etcd client closed: %w", w.what, err)}
-			}
-			return errWatchClosed
+		resp, err := q.pop(ctx)
+		if err != nil {
+			return err
 		}
 		if err := classify(w.what, resp); err != nil {
 			return err
@@ -283,6 +300,110 @@ func (w *watcher) watchFrom(ctx context.Context, s sink, rev *int64, failures *i
 			return stopError{fmt.Errorf("%s: %w", w.what, err)}
 		}
 		*rev = resp.Events[len(resp.Events)-1].Kv.ModRevision
+	}
+}
+
+// receive moves responses from wch into q until the watch ends or the
+// backlog passes maxPending; it stops q with the reason.
+func (w *watcher) receive(ctx context.Context, cancel context.CancelFunc, wch clientv3.WatchChan, q *respQueue) {
+	for {
+		select {
+		case <-ctx.Done():
+			q.stop(ctx.Err())
+			return
+		case resp, ok := <-wch:
+			if !ok {
+				if err := w.client.Ctx().Err(); err != nil {
+					// clientv3 returns a closed channel at once for a closed
+					// client: retrying would spin.
+					q.stop(stopError{fmt.Errorf("%s: etcd client closed: %w", w.what, err)})
+					return
+				}
+				q.stop(errWatchClosed)
+				return
+			}
+			pending := q.push(resp)
+			w.recordPending(pending)
+			if pending > w.maxPending {
+				cancel()
+				w.backlogs.Add(1)
+				q.stop(errBacklog)
+				return
+			}
+		}
+	}
+}
+
+func (w *watcher) recordPending(n int) {
+	for {
+		seen := w.maxPendingSeen.Load()
+		if int64(n) <= seen || w.maxPendingSeen.CompareAndSwap(seen, int64(n)) {
+			return
+		}
+	}
+}
+
+// respQueue holds the watch responses received and not yet delivered.
+type respQueue struct {
+	mu      sync.Mutex // protects the following fields
+	resps   []clientv3.WatchResponse
+	pending int   // events in resps
+	err     error // why receiving stopped; popped once resps is empty
+
+	ready chan struct{} // cap 1: signalled after every change, never closed
+}
+
+// push adds resp and returns the number of events pending.
+func (q *respQueue) push(resp clientv3.WatchResponse) int {
+	q.mu.Lock()
+	q.resps = append(q.resps, resp)
+	q.pending += len(resp.Events)
+	n := q.pending
+	q.mu.Unlock()
+	q.signal()
+	return n
+}
+
+// stop records why no more responses will come.
+func (q *respQueue) stop(err error) {
+	q.mu.Lock()
+	if q.err == nil {
+		q.err = err
+	}
+	q.mu.Unlock()
+	q.signal()
+}
+
+func (q *respQueue) signal() {
+	select {
+	case q.ready <- struct{}{}:
+	default:
+	}
+}
+
+// pop returns the oldest response, waiting for one; once the queue is
+// empty and receiving stopped, it returns why.
+func (q *respQueue) pop(ctx context.Context) (clientv3.WatchResponse, error) {
+	for {
+		q.mu.Lock()
+		if len(q.resps) > 0 {
+			resp := q.resps[0]
+			q.resps[0] = clientv3.WatchResponse{}
+			q.resps = q.resps[1:]
+			q.pending -= len(resp.Events)
+			q.mu.Unlock()
+			return resp, nil
+		}
+		err := q.err
+		q.mu.Unlock()
+		if err != nil {
+			return clientv3.WatchResponse{}, err
+		}
+		select {
+		case <-ctx.Done():
+			return clientv3.WatchResponse{}, ctx.Err()
+		case <-q.ready:
+		}
 	}
 }
 
