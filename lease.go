@@ -3,22 +3,114 @@ package storage
 import (
 	"context"
 	"fmt"
+	"runtime"
+	"sync"
 	"time"
+	"weak"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// grantLease returns a lease for a key that must live at least ttl from now.
-// etcd counts lease TTLs in whole seconds from when it applies the grant, and
-// the put follows the grant by a round trip, so the lease gets half a second
-// of headroom: ceil(ttl + 0.5s) seconds, the bound documented on WithTTL.
+// TTL puts share leases, as Kubernetes' apiserver does: a lease granted for
+// one put serves later puts whose expiry it still covers, so a stream of TTL
+// puts costs one grant per lease lifetime rather than one per put.
+//
+// The bound of WithTTL(d) holds for a new or a reused lease alike: the lease
+// has a TTL of ceil(d + 0.5s) seconds (so the key is gone at most that long
+// after Exec, plus etcd's expiry check), and it is handed out only while it
+// has at least d (plus leaseMargin) left, counted from before its grant was
+// sent, so the key lives at least d. Leases are grouped by their TTL in
+// seconds; each group holds one current lease, and the leases it replaced
+// expire by themselves, so live leases stay bounded.
+
+// leaseMargin covers the time between handing out a lease and the server
+// receiving the put that uses it.
+const leaseMargin = 100 * time.Millisecond
+
+// leaseManager holds the current lease of each TTL group for one client.
+type leaseManager struct {
+	granting chan struct{} // cap 1: held while a grant is in flight
+
+	mu     sync.Mutex // protects leases
+	leases map[int64]grantedLease
+}
+
+type grantedLease struct {
+	id      clientv3.LeaseID
+	expires time.Time // at the latest: grant sent + the TTL etcd granted
+}
+
+// leaseManagers maps a client to its leaseManager. Clients are held weakly
+// and their entries removed once they are collected, so the map never keeps
+// a client alive.
+var leaseManagers sync.Map // weak.Pointer[clientv3.Client] -> *leaseManager
+
+func leasesOf(client *clientv3.Client) *leaseManager {
+	key := weak.Make(client)
+	if m, ok := leaseManagers.Load(key); ok {
+		return m.(*leaseManager)
+	}
+	m, loaded := leaseManagers.LoadOrStore(key, &leaseManager{
+		granting: make(chan struct{}, 1),
+		leases:   make(map[int64]grantedLease),
+	})
+	if !loaded {
+		runtime.AddCleanup(client, func(k weak.Pointer[clientv3.Client]) { leaseManagers.Delete(k) }, key)
+	}
+	return m.(*leaseManager)
+}
+
+// grantLease returns a lease for a key that must live at least ttl from now
+// and at most ceil(ttl + 0.5s) seconds: a current one when it still covers
+// ttl, else a new one. etcd counts lease TTLs in whole seconds from when it
+// applies the grant; the half second of headroom lets a lease serve later
+// puts.
 func grantLease(ctx context.Context, client *clientv3.Client, ttl time.Duration) (clientv3.LeaseID, error) {
 	seconds := leaseSeconds(ttl)
+	m := leasesOf(client)
+	if id, ok := m.current(seconds, ttl); ok {
+		return id, nil
+	}
+	// One grant at a time per client: the puts waiting meanwhile reuse it.
+	select {
+	case m.granting <- struct{}{}:
+	case <-ctx.Done():
+		return 0, fmt.Errorf("grant lease of %ds: %w", seconds, ctx.Err())
+	}
+	defer func() { <-m.granting }()
+	if id, ok := m.current(seconds, ttl); ok {
+		return id, nil
+	}
+	sent := time.Now()
 	resp, err := client.Grant(ctx, seconds)
 	if err != nil {
 		return 0, fmt.Errorf("grant lease of %ds: %w", seconds, err)
 	}
+	m.mu.Lock()
+	m.leases[seconds] = grantedLease{id: resp.ID, expires: sent.Add(time.Duration(resp.TTL) * time.Second)}
+	m.mu.Unlock()
 	return resp.ID, nil
+}
+
+// current returns the group's lease if it has at least ttl left.
+func (m *leaseManager) current(seconds int64, ttl time.Duration) (clientv3.LeaseID, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	l, ok := m.leases[seconds]
+	if !ok || time.Until(l.expires) < ttl+leaseMargin {
+		return 0, false
+	}
+	return l.id, true
+}
+
+// forget drops every current lease, after etcd said one of them is gone
+// (revoked by someone else, or lost). It reports whether any was held.
+func (m *leaseManager) forget() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	held := len(m.leases) > 0
+	clear(m.leases)
+	return held
 }
 
 // leaseSeconds is ceil(ttl + 0.5s) in seconds.

@@ -11,6 +11,7 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -105,10 +106,21 @@ func execOne(ctx context.Context, client *clientv3.Client, op TxnOperation) erro
 	return err
 }
 
-// commit runs ops in one request: a plain op when there is one op and no
+// commit runs ops in one request. A request that failed because a shared
+// lease was gone (revoked by another client) is sent once more with new
+// leases: it was not applied, so sending it again is safe.
+func commit(ctx context.Context, client *clientv3.Client, ops []TxnOperation) error {
+	err := commitOnce(ctx, client, ops)
+	if errors.Is(err, rpctypes.ErrLeaseNotFound) && leasesOf(client).forget() {
+		err = commitOnce(ctx, client, ops)
+	}
+	return err
+}
+
+// commitOnce runs ops in one request: a plain op when there is one op and no
 // compare, else a transaction whose else branch reads the compared keys, so
 // a failure is explained without a second round trip.
-func commit(ctx context.Context, client *clientv3.Client, ops []TxnOperation) error {
+func commitOnce(ctx context.Context, client *clientv3.Client, ops []TxnOperation) error {
 	if len(ops) == 0 {
 		return nil
 	}
