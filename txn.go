@@ -147,7 +147,9 @@ func commitOnce(ctx context.Context, client *clientv3.Client, ops []TxnOperation
 	elseOps := readCompared(cmps)
 	resp, err := client.Txn(ctx).If(cmps...).Then(clientOps...).Else(elseOps...).Commit()
 	if err != nil {
-		return wrapRequestErr(describeTxn(ops), err, len(clientOps)+len(elseOps), len(cmps))
+		// The else reads (one per compared key) never outnumber the compares,
+		// so the caller's ops and compares are the counts that hit a limit.
+		return wrapRequestErr(describeTxn(ops), err, len(clientOps), len(cmps))
 	}
 	for _, op := range ops {
 		op.UpdateRevision(resp.Header.Revision)
@@ -212,18 +214,27 @@ func finish(ops []TxnOperation, prevKVs map[string]*mvccpb.KeyValue) {
 	}
 }
 
-// readCompared returns the else branch: a keys-only read of every compared
-// key, once each, which gives the stored version and mod revision.
+// readCompared returns the else branch: a read of every compared key, once
+// each, which gives the stored version and mod revision. It reads keys only,
+// unless a compare on the key is on its value (an op from elsewhere may send
+// one): telling whether that compare held needs the value.
 func readCompared(cmps []clientv3.Cmp) []clientv3.Op {
-	var ops []clientv3.Op
-	seen := make(map[string]bool, len(cmps))
+	var keys []string
+	needValue := make(map[string]bool, len(cmps))
 	for _, c := range cmps {
 		key := string(c.KeyBytes())
-		if seen[key] {
-			continue
+		if _, seen := needValue[key]; !seen {
+			keys = append(keys, key)
 		}
-		seen[key] = true
-		ops = append(ops, clientv3.OpGet(key, clientv3.WithKeysOnly()))
+		needValue[key] = needValue[key] || c.Target == pb.Compare_VALUE
+	}
+	ops := make([]clientv3.Op, len(keys))
+	for i, key := range keys {
+		if needValue[key] {
+			ops[i] = clientv3.OpGet(key)
+		} else {
+			ops[i] = clientv3.OpGet(key, clientv3.WithKeysOnly())
+		}
 	}
 	return ops
 }

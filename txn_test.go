@@ -1,0 +1,700 @@
+package storage_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/etcdkit/storage"
+	"github.com/etcdkit/storage/storagetest"
+)
+
+// txnBlob holds random bytes: incompressible, so the gzip applied to large
+// values cannot shrink a request below the size limit a test aims at.
+type txnBlob struct {
+	storage.StoredValue
+	Data []byte `json:"data"`
+}
+
+// foreignOp is a TxnOperation written outside the package: a raw put guarded
+// by raw compares. Commit sees it through the interface alone.
+type foreignOp struct {
+	key, val string
+	cmps     []clientv3.Cmp
+	revision int64
+}
+
+var _ storage.TxnOperation = (*foreignOp)(nil)
+
+func (f *foreignOp) ClientOp(context.Context) (clientv3.Op, error) {
+	return clientv3.OpPut(f.key, f.val), nil
+}
+func (f *foreignOp) Cmps() []clientv3.Cmp          { return f.cmps }
+func (f *foreignOp) UpdateRevision(revision int64) { f.revision = revision }
+func (f *foreignOp) Revision() int64               { return f.revision }
+
+// txnStored reads key with the raw client: nil when it does not exist.
+func txnStored(t *testing.T, client *clientv3.Client, key string) *mvccpb.KeyValue {
+	t.Helper()
+	resp, err := client.Get(testContext(t), key)
+	require.NoError(t, err)
+	if len(resp.Kvs) == 0 {
+		return nil
+	}
+	return resp.Kvs[0]
+}
+
+// txnRevision is the store's current revision, read with the raw client.
+func txnRevision(t *testing.T, client *clientv3.Client) int64 {
+	t.Helper()
+	resp, err := client.Get(testContext(t), "revision-probe")
+	require.NoError(t, err)
+	return resp.Header.Revision
+}
+
+// putTimes puts key n times, so that its etcd version is n.
+func putTimes(t *testing.T, client *clientv3.Client, key string, n int) {
+	t.Helper()
+	for i := range n {
+		put(t, client, key, fmt.Sprintf(`{"name":"v%d"}`, i+1))
+	}
+}
+
+// hostAt is a hand-built host carrying version, as read before a change.
+func hostAt(name string, version int64) *host {
+	h := &host{Name: name}
+	h.SetVersion(version)
+	return h
+}
+
+// requireRevisions checks that every op recorded revision.
+func requireRevisions(t *testing.T, revision int64, ops ...storage.TxnOperation) {
+	t.Helper()
+	for i, op := range ops {
+		assert.Equal(t, revision, op.Revision(), "revision of op %d", i)
+	}
+}
+
+func TestTxnCommitsEveryOpKind(t *testing.T) {
+	client := newClient(t)
+	ctx := testContext(t)
+	putTimes(t, client, "/update", 1)
+	putTimes(t, client, "/delete-key", 1)
+	putTimes(t, client, "/prefix/a", 1)
+	putTimes(t, client, "/prefix/b", 1)
+	putTimes(t, client, "/prefixed", 1) // beside the prefix: stays
+	putTimes(t, client, "/delete-value", 2)
+
+	ops := []storage.TxnOperation{
+		storage.NewPutOp(client, "/put", &host{Name: "put"}),
+		storage.NewPutOp(client, "/put-ttl", &host{Name: "put-ttl"}).WithTTL(time.Minute),
+		storage.NewCreateOp(client, "/create", &host{Name: "create"}),
+		storage.NewUpdateOp(client, "/update", hostAt("update", 1)),
+		storage.NewDeleteKeyOp(client, "/delete-key"),
+		storage.NewDeletePrefixOp(client, "/prefix"),
+		storage.NewDeleteValueOp(client, "/delete-value", hostAt("", 2)),
+	}
+	require.NoError(t, storage.NewTxn(client, ops...).Commit(ctx))
+
+	revision := txnRevision(t, client)
+	requireRevisions(t, revision, ops...)
+	for _, tc := range []struct {
+		key         string
+		wantName    string // "" when the key must be gone
+		wantVersion int64
+	}{
+		{key: "/put", wantName: "put", wantVersion: 1},
+		{key: "/put-ttl", wantName: "put-ttl", wantVersion: 1},
+		{key: "/create", wantName: "create", wantVersion: 1},
+		{key: "/update", wantName: "update", wantVersion: 2},
+		{key: "/delete-key"},
+		{key: "/prefix/a"},
+		{key: "/prefix/b"},
+		{key: "/prefixed", wantName: "v1", wantVersion: 1},
+		{key: "/delete-value"},
+	} {
+		kv := txnStored(t, client, tc.key)
+		if tc.wantName == "" {
+			assert.Nil(t, kv, "%s survived the txn", tc.key)
+			continue
+		}
+		if !assert.NotNil(t, kv, "%s is missing after the txn", tc.key) {
+			continue
+		}
+		var got host
+		require.NoError(t, json.Unmarshal(kv.Value, &got), tc.key)
+		assert.Equal(t, tc.wantName, got.Name, tc.key)
+		assert.Equal(t, tc.wantVersion, kv.Version, "version of %s", tc.key)
+	}
+	assert.NotZero(t, txnStored(t, client, "/put-ttl").Lease, "the TTL put in a txn is not attached to a lease")
+}
+
+func TestTxnWithAFailedCompareWritesNothing(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		setup    map[string]int // key: number of puts before the txn
+		ops      func(client *clientv3.Client) []storage.TxnOperation
+		wantIs   []error
+		wantMsgs []string
+	}{
+		{
+			name:  "create of an existing key",
+			setup: map[string]int{"/b": 1},
+			ops: func(c *clientv3.Client) []storage.TxnOperation {
+				return []storage.TxnOperation{
+					storage.NewPutOp(c, "/put", &host{Name: "x"}),
+					storage.NewCreateOp(c, "/b", &host{Name: "x"}),
+				}
+			},
+			wantIs:   []error{storage.ErrAlreadyExists},
+			wantMsgs: []string{"create /b: key already exists"},
+		},
+		{
+			name:  "update with a stale version",
+			setup: map[string]int{"/a": 5},
+			ops: func(c *clientv3.Client) []storage.TxnOperation {
+				return []storage.TxnOperation{
+					storage.NewPutOp(c, "/put", &host{Name: "x"}),
+					storage.NewUpdateOp(c, "/a", hostAt("x", 3)),
+				}
+			},
+			wantIs:   []error{storage.ErrValueVersionMismatch},
+			wantMsgs: []string{"update /a: version 3, stored 5"},
+		},
+		{
+			name: "update of a missing key",
+			ops: func(c *clientv3.Client) []storage.TxnOperation {
+				return []storage.TxnOperation{
+					storage.NewPutOp(c, "/put", &host{Name: "x"}),
+					storage.NewUpdateOp(c, "/gone", hostAt("x", 2)),
+				}
+			},
+			wantIs:   []error{storage.ErrValueVersionMismatch},
+			wantMsgs: []string{"update /gone: version 2, stored 0"},
+		},
+		{
+			name:  "update with version 0 of an existing key",
+			setup: map[string]int{"/a": 1},
+			ops: func(c *clientv3.Client) []storage.TxnOperation {
+				return []storage.TxnOperation{
+					storage.NewPutOp(c, "/put", &host{Name: "x"}),
+					storage.NewUpdateOp(c, "/a", &host{Name: "x"}),
+				}
+			},
+			wantIs:   []error{storage.ErrValueVersionMismatch},
+			wantMsgs: []string{"update /a: version 0, stored 1"},
+		},
+		{
+			name:  "delete value with a stale version",
+			setup: map[string]int{"/d": 2},
+			ops: func(c *clientv3.Client) []storage.TxnOperation {
+				return []storage.TxnOperation{
+					storage.NewDeleteKeyOp(c, "/other"),
+					storage.NewDeleteValueOp(c, "/d", hostAt("", 1)),
+				}
+			},
+			wantIs:   []error{storage.ErrValueVersionMismatch},
+			wantMsgs: []string{"delete /d: version 1, stored 2"},
+		},
+		{
+			name:  "only and every failed op is named",
+			setup: map[string]int{"/a": 5, "/b": 1, "/c": 1, "/d": 3},
+			ops: func(c *clientv3.Client) []storage.TxnOperation {
+				return []storage.TxnOperation{
+					storage.NewUpdateOp(c, "/a", hostAt("x", 3)),
+					storage.NewCreateOp(c, "/b", &host{Name: "x"}),
+					storage.NewUpdateOp(c, "/c", hostAt("x", 1)), // holds
+					storage.NewDeleteValueOp(c, "/d", hostAt("", 2)),
+					storage.NewDeletePrefixOp(c, "/p"),
+				}
+			},
+			wantIs: []error{storage.ErrValueVersionMismatch, storage.ErrAlreadyExists},
+			wantMsgs: []string{
+				"update /a: version 3, stored 5",
+				"create /b: key already exists",
+				"delete /d: version 2, stored 3",
+			},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			client := newClient(t)
+			ctx := testContext(t)
+			before := make(map[string]*mvccpb.KeyValue)
+			for key, n := range tc.setup {
+				putTimes(t, client, key, n)
+			}
+			put(t, client, "/p/x", `{"name":"under a prefix"}`)
+			for _, key := range []string{"/a", "/b", "/c", "/d", "/gone", "/put", "/other", "/p/x"} {
+				before[key] = txnStored(t, client, key)
+			}
+			revision := txnRevision(t, client)
+
+			ops := tc.ops(client)
+			err := storage.NewTxn(client, ops...).Commit(ctx)
+
+			require.ErrorIs(t, err, storage.ErrOperationConstraintViolated)
+			for _, want := range tc.wantIs {
+				require.ErrorIs(t, err, want)
+			}
+			for _, want := range tc.wantMsgs {
+				require.ErrorContains(t, err, want)
+			}
+			assert.Equal(t, len(tc.wantMsgs), strings.Count(err.Error(), ": value version mismatch")+
+				strings.Count(err.Error(), ": key already exists"), "failed ops named in %q", err)
+			assert.Equal(t, revision, txnRevision(t, client), "the failed txn wrote something")
+			for key, kv := range before {
+				assert.Equal(t, kv, txnStored(t, client, key), "%s changed", key)
+			}
+			requireRevisions(t, revision, ops...)
+		})
+	}
+}
+
+func TestTxnUpdateOfRevisionedValueAfterRecreateFails(t *testing.T) {
+	client := newClient(t)
+	ctx := testContext(t)
+	stale := &record{Name: "old"}
+	require.NoError(t, storage.NewCreateOp(client, "/r", stale).WithUpdatedVersion().Exec(ctx))
+	staleRev := stale.ModRevision()
+	_, err := client.Delete(ctx, "/r")
+	require.NoError(t, err)
+	recreatedRev := put(t, client, "/r", `{"name":"new","count":0}`)
+	require.EqualValues(t, 1, stale.Version(), "the stale value's version equals the re-created key's")
+
+	update := storage.NewUpdateOp(client, "/r", stale)
+	err = storage.NewTxn(client, update, storage.NewPutOp(client, "/other", &host{})).Commit(ctx)
+
+	require.ErrorIs(t, err, storage.ErrOperationConstraintViolated)
+	require.ErrorIs(t, err, storage.ErrValueVersionMismatch)
+	require.ErrorContains(t, err, fmt.Sprintf("update /r: mod revision %d, stored %d", staleRev, recreatedRev))
+	assert.JSONEq(t, `{"name":"new","count":0}`, string(txnStored(t, client, "/r").Value))
+	assert.Nil(t, txnStored(t, client, "/other"))
+}
+
+func TestTxnRefusesDuplicateKeys(t *testing.T) {
+	// Every put carries a TTL: a refused txn must not even grant a lease.
+	ttlPut := func(c *clientv3.Client, key string) storage.TxnOperation {
+		return storage.NewPutOp(c, key, &host{Name: "x"}).WithTTL(time.Minute)
+	}
+	for _, tc := range []struct {
+		name     string
+		ops      func(c *clientv3.Client) []storage.TxnOperation
+		wantMsgs []string // each offending op
+		notMsgs  []string // ops that are fine
+	}{
+		{
+			name: "two puts of one key",
+			ops: func(c *clientv3.Client) []storage.TxnOperation {
+				return []storage.TxnOperation{ttlPut(c, "/a"), ttlPut(c, "/b"), ttlPut(c, "/a")}
+			},
+			wantMsgs: []string{"put /a, put /a"},
+			notMsgs:  []string{"/b"},
+		},
+		{
+			name: "a create and an update of one key",
+			ops: func(c *clientv3.Client) []storage.TxnOperation {
+				return []storage.TxnOperation{
+					storage.NewCreateOp(c, "/a", &host{}).WithTTL(time.Minute),
+					storage.NewUpdateOp(c, "/a", hostAt("x", 1)),
+				}
+			},
+			wantMsgs: []string{"put /a, put /a"},
+		},
+		{
+			name: "a put and a delete of one key",
+			ops: func(c *clientv3.Client) []storage.TxnOperation {
+				return []storage.TxnOperation{ttlPut(c, "/a"), storage.NewDeleteKeyOp(c, "/a")}
+			},
+			wantMsgs: []string{"put /a", "delete /a"},
+		},
+		{
+			name: "two deletes of one key",
+			ops: func(c *clientv3.Client) []storage.TxnOperation {
+				return []storage.TxnOperation{
+					storage.NewDeleteValueOp(c, "/a", hostAt("", 1)),
+					ttlPut(c, "/b"),
+					storage.NewDeleteKeyOp(c, "/a"),
+				}
+			},
+			wantMsgs: []string{"delete /a, delete /a"},
+			notMsgs:  []string{"/b"},
+		},
+		{
+			name: "a put inside a prefix another op deletes",
+			ops: func(c *clientv3.Client) []storage.TxnOperation {
+				return []storage.TxnOperation{
+					storage.NewDeletePrefixOp(c, "/p"),
+					ttlPut(c, "/q/x"),
+					ttlPut(c, "/p/x"),
+				}
+			},
+			wantMsgs: []string{"delete /p/", "put /p/x"},
+			notMsgs:  []string{"/q/x"},
+		},
+		{
+			name: "a foreign put of a key one of ours deletes",
+			ops: func(c *clientv3.Client) []storage.TxnOperation {
+				return []storage.TxnOperation{
+					&foreignOp{key: "/a", val: "raw"},
+					ttlPut(c, "/b"),
+					storage.NewDeleteKeyOp(c, "/a"),
+				}
+			},
+			wantMsgs: []string{"put /a", "delete /a"},
+			notMsgs:  []string{"/b"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			client := newClient(t)
+			ctx := testContext(t)
+			revision := txnRevision(t, client)
+
+			ops := tc.ops(client)
+			err := storage.NewTxn(client, ops...).Commit(ctx)
+
+			require.ErrorIs(t, err, storage.ErrDuplicateKeysInTransaction)
+			for _, want := range tc.wantMsgs {
+				require.ErrorContains(t, err, want)
+			}
+			for _, not := range tc.notMsgs {
+				require.NotContains(t, err.Error(), not)
+			}
+			requireRevisions(t, 0, ops...)
+			assert.Equal(t, revision, txnRevision(t, client), "the refused txn wrote something")
+			leases, err := client.Leases(ctx)
+			require.NoError(t, err)
+			assert.Empty(t, leases.Leases, "the refused txn granted a lease")
+		})
+	}
+}
+
+func TestTxnAcceptsOpsEtcdAccepts(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		ops      func(c *clientv3.Client) []storage.TxnOperation
+		wantGone []string
+		wantKept []string
+	}{
+		{
+			name: "a key delete inside a deleted prefix",
+			ops: func(c *clientv3.Client) []storage.TxnOperation {
+				return []storage.TxnOperation{storage.NewDeletePrefixOp(c, "/p"), storage.NewDeleteKeyOp(c, "/p/a")}
+			},
+			wantGone: []string{"/p/a", "/p/q/b"},
+			wantKept: []string{"/pq"},
+		},
+		{
+			name: "nested prefix deletes",
+			ops: func(c *clientv3.Client) []storage.TxnOperation {
+				return []storage.TxnOperation{storage.NewDeletePrefixOp(c, "/p/q"), storage.NewDeletePrefixOp(c, "/p")}
+			},
+			wantGone: []string{"/p/a", "/p/q/b"},
+			wantKept: []string{"/pq"},
+		},
+		{
+			name: "a put beside a deleted prefix",
+			ops: func(c *clientv3.Client) []storage.TxnOperation {
+				return []storage.TxnOperation{storage.NewDeletePrefixOp(c, "/p/q"), storage.NewPutOp(c, "/p/qr", &host{Name: "x"})}
+			},
+			wantGone: []string{"/p/q/b"},
+			wantKept: []string{"/p/a", "/p/qr", "/pq"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			client := newClient(t)
+			for _, key := range []string{"/p/a", "/p/q/b", "/pq"} {
+				put(t, client, key, `{"name":"x"}`)
+			}
+
+			require.NoError(t, storage.NewTxn(client, tc.ops(client)...).Commit(testContext(t)))
+
+			for _, key := range tc.wantGone {
+				assert.Nil(t, txnStored(t, client, key), "%s survived", key)
+			}
+			for _, key := range tc.wantKept {
+				assert.NotNil(t, txnStored(t, client, key), "%s is missing", key)
+			}
+		})
+	}
+}
+
+func TestTxnEmptyCommitSendsNothing(t *testing.T) {
+	client := newClient(t)
+	require.NoError(t, client.Close())
+	// A closed client fails every request: nil proves none was sent.
+	require.NoError(t, storage.NewTxn(client).Commit(testContext(t)))
+}
+
+func TestTxnCommitsAgainAfterRefresh(t *testing.T) {
+	client := newClient(t)
+	ctx := testContext(t)
+	putTimes(t, client, "/a", 2)
+	h := hostAt("mine", 1) // read before someone else's put
+	update := storage.NewUpdateOp(client, "/a", h).WithUpdatedVersion()
+	create := storage.NewCreateOp(client, "/b", &host{Name: "b"})
+	txn := storage.NewTxn(client, update, create)
+
+	err := txn.Commit(ctx)
+	require.ErrorIs(t, err, storage.ErrValueVersionMismatch)
+	require.Nil(t, txnStored(t, client, "/b"), "the failed commit created /b")
+
+	fresh, err := storage.NewGetOp[*host](client, "/a").Exec(ctx)
+	require.NoError(t, err)
+	h.SetVersion(fresh.Version())
+	require.NoError(t, txn.Commit(ctx), "the second commit sends the refreshed version")
+
+	kv := txnStored(t, client, "/a")
+	assert.JSONEq(t, `{"name":"mine","port":0}`, string(kv.Value))
+	assert.EqualValues(t, 3, kv.Version)
+	assert.EqualValues(t, 3, h.Version(), "version written back on the second commit")
+	assert.NotNil(t, txnStored(t, client, "/b"))
+	requireRevisions(t, kv.ModRevision, update, create)
+}
+
+func TestTxnOpsAddedAfterCommitJoinTheNext(t *testing.T) {
+	client := newClient(t)
+	ctx := testContext(t)
+	a := storage.NewPutOp(client, "/a", &host{Name: "a"})
+	txn := storage.NewTxn(client, a)
+	require.NoError(t, txn.Commit(ctx))
+	first := a.Revision()
+	require.NotZero(t, first)
+
+	b := storage.NewPutOp(client, "/b", &host{Name: "b"})
+	txn.AddOps(b)
+	require.NoError(t, txn.Commit(ctx))
+
+	assert.Greater(t, b.Revision(), first)
+	assert.Equal(t, b.Revision(), a.Revision(), "a and b were not committed together")
+	assert.EqualValues(t, 2, txnStored(t, client, "/a").Version, "the first op is not in the second commit")
+	assert.Equal(t, b.Revision(), txnStored(t, client, "/b").ModRevision)
+}
+
+func TestTxnWritesVersionsBack(t *testing.T) {
+	client := newClient(t)
+	ctx := testContext(t)
+	putTimes(t, client, "/existing", 2)
+	putTimes(t, client, "/existing-record", 4)
+	read, err := storage.NewGetOp[*record](client, "/existing-record").Exec(ctx)
+	require.NoError(t, err)
+
+	newHost := &host{Name: "new"}
+	existingHost := hostAt("existing", 2)
+	created := &host{Name: "created"}
+	untouched := hostAt("untouched", 7) // no WithUpdatedVersion: keeps 7
+	newRecord := &record{Name: "new"}
+	ops := []storage.TxnOperation{
+		storage.NewPutOp(client, "/new", newHost).WithUpdatedVersion(),
+		storage.NewUpdateOp(client, "/existing", existingHost).WithUpdatedVersion(),
+		storage.NewCreateOp(client, "/created", created).WithUpdatedVersion(),
+		storage.NewPutOp(client, "/untouched", untouched),
+		storage.NewPutOp(client, "/new-record", newRecord).WithUpdatedVersion(),
+		storage.NewUpdateOp(client, "/existing-record", read).WithUpdatedVersion(),
+	}
+	require.NoError(t, storage.NewTxn(client, ops...).Commit(ctx))
+	revision := txnRevision(t, client)
+	requireRevisions(t, revision, ops...)
+
+	for _, tc := range []struct {
+		key  string
+		v    storage.Value
+		want int64
+	}{
+		{"/new", newHost, 1},
+		{"/existing", existingHost, 3},
+		{"/created", created, 1},
+		{"/untouched", untouched, 7},
+		{"/new-record", newRecord, 1},
+		{"/existing-record", read, 5},
+	} {
+		assert.Equal(t, tc.want, tc.v.Version(), "version written back for %s", tc.key)
+	}
+	assert.Equal(t, revision, newRecord.ModRevision(), "mod revision of a new record")
+	assert.Equal(t, revision, read.ModRevision(), "mod revision of an updated record")
+	assert.Equal(t, txnStored(t, client, "/existing-record").ModRevision, read.ModRevision())
+
+	// The written-back state is what etcd holds: updates from it succeed.
+	require.NoError(t, storage.NewTxn(client,
+		storage.NewUpdateOp(client, "/existing", existingHost),
+		storage.NewUpdateOp(client, "/existing-record", read),
+		storage.NewUpdateOp(client, "/new-record", newRecord),
+	).Commit(ctx))
+}
+
+func TestTxnLimits(t *testing.T) {
+	t.Run("70 updates fit the default operation limit", func(t *testing.T) {
+		client := newClient(t)
+		ctx := testContext(t)
+		var ops []storage.TxnOperation
+		for i := range 70 {
+			key := fmt.Sprintf("/k/%03d", i)
+			put(t, client, key, `{"name":"x"}`)
+			ops = append(ops, storage.NewUpdateOp(client, key, hostAt("y", 1)))
+		}
+		require.NoError(t, storage.NewTxn(client, ops...).Commit(ctx))
+		resp, err := client.Get(ctx, "/k/", clientv3.WithPrefix())
+		require.NoError(t, err)
+		require.Len(t, resp.Kvs, 70)
+		for _, kv := range resp.Kvs {
+			assert.EqualValues(t, 2, kv.Version, "%s not updated", kv.Key)
+		}
+	})
+
+	t.Run("129 ops exceed the default operation limit", func(t *testing.T) {
+		client := newClient(t)
+		ctx := testContext(t)
+		var ops []storage.TxnOperation
+		for i := range 129 {
+			key := fmt.Sprintf("/k/%03d", i)
+			if i%2 == 0 {
+				ops = append(ops, storage.NewCreateOp(client, key, &host{}))
+			} else {
+				ops = append(ops, storage.NewPutOp(client, key, &host{}))
+			}
+		}
+		err := storage.NewTxn(client, ops...).Commit(ctx)
+		require.ErrorIs(t, err, rpctypes.ErrTooManyOps)
+		require.ErrorContains(t, err, "129 ops and 65 compares")
+		require.ErrorContains(t, err, "operation limit")
+		assert.Nil(t, txnStored(t, client, "/k/000"))
+	})
+
+	// Four values of 32 KiB random bytes: about 170 KiB of JSON, 130 KiB
+	// once gzipped, far over a 64 KiB limit.
+	bigOps := func(t *testing.T, client *clientv3.Client) []storage.TxnOperation {
+		t.Helper()
+		var ops []storage.TxnOperation
+		for i := range 4 {
+			data := make([]byte, 32<<10)
+			_, err := rand.Read(data)
+			require.NoError(t, err)
+			ops = append(ops, storage.NewPutOp(client, fmt.Sprintf("/big/%d", i), &txnBlob{Data: data}))
+		}
+		return ops
+	}
+
+	t.Run("the server's request size limit is named", func(t *testing.T) {
+		client := newClient(t, storagetest.WithServerConfig(func(c *embed.Config) { c.MaxRequestBytes = 64 << 10 }))
+		err := storage.NewTxn(client, bigOps(t, client)...).Commit(testContext(t))
+		require.ErrorIs(t, err, rpctypes.ErrRequestTooLarge)
+		require.ErrorContains(t, err, "server's request size limit")
+		require.ErrorContains(t, err, "4 ops and 0 compares")
+		require.NotContains(t, err.Error(), "client's gRPC message size limit")
+		assert.Nil(t, txnStored(t, client, "/big/0"))
+	})
+
+	t.Run("the client's send limit is named", func(t *testing.T) {
+		client := newClient(t,
+			storagetest.WithServerConfig(func(c *embed.Config) { c.MaxRequestBytes = 8 << 20 }),
+			storagetest.WithClientConfig(func(c *clientv3.Config) { c.MaxCallSendMsgSize = 64 << 10 }))
+		err := storage.NewTxn(client, bigOps(t, client)...).Commit(testContext(t))
+		require.Equal(t, codes.ResourceExhausted, status.Code(err), "%v", err)
+		require.ErrorContains(t, err, "client's gRPC message size limit")
+		require.ErrorContains(t, err, "4 ops and 0 compares")
+		require.NotErrorIs(t, err, rpctypes.ErrRequestTooLarge)
+		require.NotContains(t, err.Error(), "server's request size limit")
+		assert.Nil(t, txnStored(t, client, "/big/0"))
+	})
+}
+
+func TestTxnForeignOp(t *testing.T) {
+	isYes := func() []clientv3.Cmp {
+		return []clientv3.Cmp{clientv3.Compare(clientv3.Value("/x"), "=", "yes")}
+	}
+
+	t.Run("commits with ours when its compare holds", func(t *testing.T) {
+		client := newClient(t)
+		put(t, client, "/x", "yes")
+		foreign := &foreignOp{key: "/f", val: "raw", cmps: isYes()}
+		create := storage.NewCreateOp(client, "/c", &host{Name: "c"})
+
+		require.NoError(t, storage.NewTxn(client, create, foreign).Commit(testContext(t)))
+
+		assert.Equal(t, "raw", string(txnStored(t, client, "/f").Value))
+		assert.NotNil(t, txnStored(t, client, "/c"))
+		requireRevisions(t, txnRevision(t, client), create, foreign)
+	})
+
+	t.Run("its failed compare fails the txn and is reported", func(t *testing.T) {
+		client := newClient(t)
+		put(t, client, "/x", "no")
+		revision := txnRevision(t, client)
+		foreign := &foreignOp{key: "/f", val: "raw", cmps: isYes()}
+		create := storage.NewCreateOp(client, "/c", &host{Name: "c"})
+
+		err := storage.NewTxn(client, create, foreign).Commit(testContext(t))
+
+		require.ErrorIs(t, err, storage.ErrOperationConstraintViolated)
+		require.ErrorContains(t, err, "compare on /x failed")
+		require.NotContains(t, err.Error(), "/c", "the create's compare held")
+		assert.Nil(t, txnStored(t, client, "/f"))
+		assert.Nil(t, txnStored(t, client, "/c"))
+		requireRevisions(t, revision, create, foreign)
+	})
+
+	t.Run("its holding compare is not blamed for our op's failure", func(t *testing.T) {
+		client := newClient(t)
+		put(t, client, "/x", "yes")
+		put(t, client, "/c", `{"name":"taken"}`)
+		foreign := &foreignOp{key: "/f", val: "raw", cmps: isYes()}
+		create := storage.NewCreateOp(client, "/c", &host{Name: "c"})
+
+		err := storage.NewTxn(client, create, foreign).Commit(testContext(t))
+
+		require.ErrorIs(t, err, storage.ErrAlreadyExists)
+		require.ErrorContains(t, err, "create /c: key already exists")
+		require.NotContains(t, err.Error(), "/x", "a compare that held is reported as failed")
+		assert.Nil(t, txnStored(t, client, "/f"))
+	})
+}
+
+func TestTxnCommitWithACancelledContextFails(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		ops  func(c *clientv3.Client) []storage.TxnOperation
+	}{
+		{
+			name: "a conditional txn",
+			ops: func(c *clientv3.Client) []storage.TxnOperation {
+				return []storage.TxnOperation{
+					storage.NewCreateOp(c, "/a", &host{}),
+					storage.NewUpdateOp(c, "/b", &host{}),
+				}
+			},
+		},
+		{
+			name: "a txn whose put needs a lease",
+			ops: func(c *clientv3.Client) []storage.TxnOperation {
+				return []storage.TxnOperation{
+					storage.NewPutOp(c, "/a", &host{}).WithTTL(time.Minute),
+					storage.NewPutOp(c, "/b", &host{}),
+				}
+			},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			client := newClient(t)
+			ctx, cancel := context.WithCancel(testContext(t))
+			cancel()
+
+			err := storage.NewTxn(client, tc.ops(client)...).Commit(ctx)
+
+			require.ErrorIs(t, err, context.Canceled)
+			assert.Nil(t, txnStored(t, client, "/a"))
+			assert.Nil(t, txnStored(t, client, "/b"))
+		})
+	}
+}
