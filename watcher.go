@@ -78,9 +78,9 @@ const (
 	readPageSize = 1000
 	// maxPending is how many received events may wait for a slow handler
 	// before the watch cancels its stream (see watchFrom).
-	maxPending = 1000
-	backoffBase  = 50 * time.Millisecond
-	backoffMax   = 2 * time.Second
+	maxPending  = 1000
+	backoffBase = 50 * time.Millisecond
+	backoffMax  = 2 * time.Second
 )
 
 var (
