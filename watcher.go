@@ -428,6 +428,10 @@ func (w *watcher) read(ctx context.Context, s sink) (int64, error) {
 		if isAuthError(err) {
 			return 0, stopError{err}
 		}
+		if cerr := w.client.Ctx().Err(); cerr != nil {
+			// A closed client fails every read at once: retrying never ends.
+			return 0, stopError{fmt.Errorf("%s: etcd client closed: %w", w.what, cerr)}
+		}
 		return 0, err
 	}
 	if err := s.reset(ctx, kvs, rev); err != nil {

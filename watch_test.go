@@ -1,0 +1,1159 @@
+package storage_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/goleak"
+
+	"github.com/etcdkit/storage"
+	"github.com/etcdkit/storage/storagetest"
+)
+
+// watchWait bounds every wait for something the watch must do. It is long
+// because a loaded CI runner under -race is slow; a passing test never waits
+// it out.
+const watchWait = 10 * time.Second
+
+// watchQuiet is how long a test watches for something that must not happen
+// (an event or error after the watch stopped). Absence can only be asserted
+// over a window; nothing else in this file waits on a clock.
+const watchQuiet = 300 * time.Millisecond
+
+// watchRecorder collects, in order, the events its handle receives.
+type watchRecorder struct {
+	c chan storage.Event[*host]
+}
+
+func newWatchRecorder() *watchRecorder {
+	// Large enough that handle never blocks in these tests: a blocked
+	// handler would hold up Close.
+	return &watchRecorder{c: make(chan storage.Event[*host], 4096)}
+}
+
+func (r *watchRecorder) handle(e *storage.Event[*host]) error {
+	r.c <- *e
+	return nil
+}
+
+// next returns the next event, failing the test if none comes in watchWait.
+func (r *watchRecorder) next(t *testing.T) storage.Event[*host] {
+	t.Helper()
+	timer := time.NewTimer(watchWait)
+	defer timer.Stop()
+	select {
+	case e := <-r.c:
+		return e
+	case <-timer.C:
+		t.Fatalf("no watch event within %v", watchWait)
+		return storage.Event[*host]{}
+	}
+}
+
+// take returns the next n events.
+func (r *watchRecorder) take(t *testing.T, n int) []storage.Event[*host] {
+	t.Helper()
+	events := make([]storage.Event[*host], n)
+	for i := range events {
+		events[i] = r.next(t)
+	}
+	return events
+}
+
+// until returns the events up to and including the first one for key.
+func (r *watchRecorder) until(t *testing.T, key string) []storage.Event[*host] {
+	t.Helper()
+	var events []storage.Event[*host]
+	for {
+		e := r.next(t)
+		events = append(events, e)
+		if e.Key == key {
+			return events
+		}
+	}
+}
+
+// requireQuiet asserts that no event arrives within watchQuiet.
+func (r *watchRecorder) requireQuiet(t *testing.T) {
+	t.Helper()
+	select {
+	case e := <-r.c:
+		t.Fatalf("unexpected watch event: %+v", e)
+	case <-time.After(watchQuiet):
+	}
+}
+
+// recvWatchError returns the next value on errc (an error from Error(), or
+// what a Watch run in a goroutine returned), failing the test if none comes
+// in watchWait.
+func recvWatchError(t *testing.T, errc <-chan error) error {
+	t.Helper()
+	timer := time.NewTimer(watchWait)
+	defer timer.Stop()
+	select {
+	case err := <-errc:
+		return err
+	case <-timer.C:
+		t.Fatalf("no error on the watch's error channel within %v", watchWait)
+		return nil
+	}
+}
+
+// waitWatchSignal waits for c to be closed, failing the test after watchWait.
+func waitWatchSignal(t *testing.T, c <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-c:
+	case <-time.After(watchWait):
+		t.Fatalf("%s: not within %v", what, watchWait)
+	}
+}
+
+// watchHostJSON is the stored form of a host named name, as NewPutOp writes it.
+func watchHostJSON(name string) string {
+	data, err := json.Marshal(&host{Name: name})
+	if err != nil {
+		panic(err)
+	}
+	return string(data)
+}
+
+// watchHost is the value a read of a host named name at version returns.
+func watchHost(name string, version int64) *host {
+	h := &host{Name: name}
+	h.SetVersion(version)
+	return h
+}
+
+// watchPut stores a host named name at key and returns the put's revision.
+func watchPut(t *testing.T, c *clientv3.Client, key, name string) int64 {
+	t.Helper()
+	return put(t, c, key, watchHostJSON(name))
+}
+
+// watchDelete deletes key and returns the delete's revision.
+func watchDelete(t *testing.T, c *clientv3.Client, key string) int64 {
+	t.Helper()
+	resp, err := c.Delete(testContext(t), key)
+	require.NoError(t, err)
+	return resp.Header.Revision
+}
+
+// watchTxn commits ops unconditionally and returns the txn's revision.
+func watchTxn(t *testing.T, c *clientv3.Client, ops ...clientv3.Op) int64 {
+	t.Helper()
+	resp, err := c.Txn(testContext(t)).Then(ops...).Commit()
+	require.NoError(t, err)
+	require.True(t, resp.Succeeded)
+	return resp.Header.Revision
+}
+
+func wantPut(key, name string, version, rev int64) storage.Event[*host] {
+	return storage.Event[*host]{Type: storage.EventTypePut, Key: key, Value: watchHost(name, version),
+		IsCreate: version == 1, IsModify: version > 1, Revision: rev}
+}
+
+func wantDelete(key string, rev int64) storage.Event[*host] {
+	return storage.Event[*host]{Type: storage.EventTypeDelete, Key: key, Revision: rev}
+}
+
+// wantDecodeError is an undecodable value at key: the event's Err must name the key.
+func wantDecodeError(key string, rev int64) storage.Event[*host] {
+	return storage.Event[*host]{Type: storage.EventTypeError, Key: key, Revision: rev,
+		Err: fmt.Errorf("failed to decode %q", key)}
+}
+
+// requireWatchEvents compares events field by field. For an expected error event
+// it requires Key, Revision, no Value and an Err containing the expected
+// error's text (IsCreate and IsModify are not part of the claim there).
+func requireWatchEvents(t *testing.T, want, got []storage.Event[*host]) {
+	t.Helper()
+	require.Len(t, got, len(want), "events: %+v", got)
+	for i := range want {
+		w, g := want[i], got[i]
+		if w.Type != storage.EventTypeError {
+			require.Equal(t, w, g, "event %d", i)
+			continue
+		}
+		require.Equal(t, storage.EventTypeError, g.Type, "event %d: %+v", i, g)
+		require.Equal(t, w.Key, g.Key, "event %d", i)
+		require.Equal(t, w.Revision, g.Revision, "event %d", i)
+		require.Nil(t, g.Value, "event %d", i)
+		require.ErrorContains(t, g.Err, w.Err.Error(), "event %d", i)
+	}
+}
+
+// watchPrefix starts a prefix watch recording into a new recorder, closed
+// when the test ends.
+func watchPrefix(t *testing.T, c *clientv3.Client, prefix string) (storage.WatchOp[*host], *watchRecorder) {
+	t.Helper()
+	op := storage.NewWatchPrefixOp[*host](c, prefix)
+	rec := newWatchRecorder()
+	require.NoError(t, op.Watch(testContext(t), rec.handle))
+	t.Cleanup(op.Close)
+	return op, rec
+}
+
+// watchKV is a raw write made before a watch starts.
+type watchKV struct{ key, value string }
+
+func TestWatchInitialReadDeliversItemsAsPutsAtTheReadRevision(t *testing.T) {
+	verifyNoLeaks(t)
+	c := newClient(t)
+
+	tests := []struct {
+		name   string
+		writes []watchKV // under the test's prefix, in order
+		want   func(p string, readRev int64) []storage.Event[*host]
+	}{{
+		name:   "an empty prefix delivers nothing",
+		writes: nil,
+		want:   func(string, int64) []storage.Event[*host] { return nil },
+	}, {
+		name:   "a version 1 item is a create, a later version a modify, each with its version",
+		writes: []watchKV{{"b", watchHostJSON("b1")}, {"a", watchHostJSON("a1")}, {"b", watchHostJSON("b2")}, {"b", watchHostJSON("b3")}},
+		want: func(p string, rev int64) []storage.Event[*host] {
+			return []storage.Event[*host]{wantPut(p+"a", "a1", 1, rev), wantPut(p+"b", "b3", 3, rev)}
+		},
+	}, {
+		name:   "an undecodable item is an error event naming its key, and the read goes on",
+		writes: []watchKV{{"a", watchHostJSON("a")}, {"bad", "not json"}, {"c", watchHostJSON("c")}},
+		want: func(p string, rev int64) []storage.Event[*host] {
+			return []storage.Event[*host]{wantPut(p+"a", "a", 1, rev), wantDecodeError(p+"bad", rev), wantPut(p+"c", "c", 1, rev)}
+		},
+	}, {
+		name:   "a JSON null item is an error event",
+		writes: []watchKV{{"null", "null"}},
+		want: func(p string, rev int64) []storage.Event[*host] {
+			return []storage.Event[*host]{wantDecodeError(p+"null", rev)}
+		},
+	}}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := fmt.Sprintf("/initial/%d/", i)
+			for _, w := range tt.writes {
+				put(t, c, p+w.key, w.value)
+			}
+			// Another key moves the revision on: the read revision is the
+			// store's, not the last write under the prefix.
+			readRev := put(t, c, "/elsewhere", watchHostJSON("x"))
+
+			_, rec := watchPrefix(t, c, p)
+
+			want := tt.want(p, readRev)
+			// Watch returns after the initial read: its events are all in.
+			require.Len(t, rec.c, len(want))
+			requireWatchEvents(t, want, rec.take(t, len(want)))
+
+			rev := watchPut(t, c, p+"zz", "after")
+			requireWatchEvents(t, []storage.Event[*host]{wantPut(p+"zz", "after", 1, rev)}, []storage.Event[*host]{rec.next(t)})
+		})
+	}
+}
+
+func TestWatchInitialReadOfALargePrefixDeliversEveryItemOnceInKeyOrder(t *testing.T) {
+	verifyNoLeaks(t)
+	c := newClient(t)
+	const p, n = "/big/", 2345 // more than two pages of the read
+	var want []string
+	for start := 0; start < n; start += 100 {
+		var ops []clientv3.Op
+		for i := start; i < min(start+100, n); i++ {
+			k := fmt.Sprintf("%s%05d", p, i)
+			want = append(want, k)
+			ops = append(ops, clientv3.OpPut(k, watchHostJSON(k)))
+		}
+		watchTxn(t, c, ops...)
+	}
+	readRev := put(t, c, "/big", watchHostJSON("outside")) // just outside the prefix
+
+	_, rec := watchPrefix(t, c, p)
+	events := rec.take(t, len(rec.c))
+	require.Equal(t, want, eventKeys(events))
+	for _, e := range events {
+		require.Equal(t, wantPut(e.Key, e.Key, 1, readRev), e)
+	}
+}
+
+func TestWatchDeliversEachChangeWithItsFields(t *testing.T) {
+	verifyNoLeaks(t)
+	c := newClient(t)
+
+	tests := []struct {
+		name string
+		// change writes under p (which holds p+"m" at version 1 and p+"d")
+		// and returns the change's revision.
+		change func(t *testing.T, p string) int64
+		want   func(p string, rev int64) []storage.Event[*host]
+	}{{
+		name:   "a create is a put with IsCreate and version 1",
+		change: func(t *testing.T, p string) int64 { return watchPut(t, c, p+"new", "n") },
+		want: func(p string, rev int64) []storage.Event[*host] {
+			return []storage.Event[*host]{wantPut(p+"new", "n", 1, rev)}
+		},
+	}, {
+		name:   "a modify is a put with IsModify and the new version",
+		change: func(t *testing.T, p string) int64 { return watchPut(t, c, p+"m", "m2") },
+		want: func(p string, rev int64) []storage.Event[*host] {
+			return []storage.Event[*host]{wantPut(p+"m", "m2", 2, rev)}
+		},
+	}, {
+		name:   "a delete has the key, no value and the delete's revision",
+		change: func(t *testing.T, p string) int64 { return watchDelete(t, c, p+"d") },
+		want: func(p string, rev int64) []storage.Event[*host] {
+			return []storage.Event[*host]{wantDelete(p+"d", rev)}
+		},
+	}, {
+		name: "a txn's events share its revision and arrive in the txn's order",
+		change: func(t *testing.T, p string) int64 {
+			return watchTxn(t, c,
+				clientv3.OpPut(p+"x", watchHostJSON("x")),
+				clientv3.OpDelete(p+"d"),
+				clientv3.OpPut(p+"m", watchHostJSON("m2")),
+				clientv3.OpPut(p+"a", watchHostJSON("a")))
+		},
+		want: func(p string, rev int64) []storage.Event[*host] {
+			return []storage.Event[*host]{
+				wantPut(p+"x", "x", 1, rev), wantDelete(p+"d", rev),
+				wantPut(p+"m", "m2", 2, rev), wantPut(p+"a", "a", 1, rev),
+			}
+		},
+	}, {
+		name:   "an undecodable put is an error event naming the key at the put's revision",
+		change: func(t *testing.T, p string) int64 { return put(t, c, p+"m", "{not json") },
+		want: func(p string, rev int64) []storage.Event[*host] {
+			return []storage.Event[*host]{wantDecodeError(p+"m", rev)}
+		},
+	}, {
+		name:   "a JSON null put is an error event",
+		change: func(t *testing.T, p string) int64 { return put(t, c, p+"new", "null") },
+		want: func(p string, rev int64) []storage.Event[*host] {
+			return []storage.Event[*host]{wantDecodeError(p+"new", rev)}
+		},
+	}}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := fmt.Sprintf("/changes/%d/", i)
+			watchPut(t, c, p+"d", "d")
+			watchPut(t, c, p+"m", "m1")
+			_, rec := watchPrefix(t, c, p)
+			rec.take(t, 2) // the initial read
+
+			rev := tt.change(t, p)
+			want := tt.want(p, rev)
+			requireWatchEvents(t, want, rec.take(t, len(want)))
+
+			// The watch goes on, also after an error event.
+			after := watchPut(t, c, p+"zz", "after")
+			requireWatchEvents(t, []storage.Event[*host]{wantPut(p+"zz", "after", 1, after)}, []storage.Event[*host]{rec.next(t)})
+		})
+	}
+}
+
+func TestWatchSeesOnlyItsKeyOrPrefix(t *testing.T) {
+	verifyNoLeaks(t)
+	c := newClient(t)
+
+	tests := []struct {
+		name        string
+		newOp       func(p string) storage.WatchOp[*host]
+		before      []string // keys under p written before Watch
+		wantInitial []string
+		after       []string // keys under p written after Watch, in order
+		wantEvents  []string // keys of the events they cause, in order
+	}{{
+		name:        "a key watch sees only that key",
+		newOp:       func(p string) storage.WatchOp[*host] { return storage.NewWatchOp[*host](c, p+"k") },
+		before:      []string{"k", "k2", "k/x", "j"},
+		wantInitial: []string{"k"},
+		after:       []string{"k2", "k/x", "kk", "k", "j", "k"},
+		wantEvents:  []string{"k", "k"},
+	}, {
+		name:        "a prefix without trailing slash never sees keys that only start with it",
+		newOp:       func(p string) storage.WatchOp[*host] { return storage.NewWatchPrefixOp[*host](c, p+"a") },
+		before:      []string{"a", "ab", "ab/x", "a/0", "a0"},
+		wantInitial: []string{"a/0"},
+		after:       []string{"ab", "ab/x", "a", "a0", "a/x", "ab/y", "a/y/z"},
+		wantEvents:  []string{"a/x", "a/y/z"},
+	}, {
+		name:        "a prefix with trailing slash sees nested keys but not its sibling",
+		newOp:       func(p string) storage.WatchOp[*host] { return storage.NewWatchPrefixOp[*host](c, p+"a/") },
+		before:      []string{"a/0/1", "b/0"},
+		wantInitial: []string{"a/0/1"},
+		after:       []string{"b/1", "a/1", "a", "a/1/2"},
+		wantEvents:  []string{"a/1", "a/1/2"},
+	}}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := fmt.Sprintf("/scope/%d/", i)
+			for _, k := range tt.before {
+				watchPut(t, c, p+k, k)
+			}
+			op := tt.newOp(p)
+			rec := newWatchRecorder()
+			require.NoError(t, op.Watch(testContext(t), rec.handle))
+			t.Cleanup(op.Close)
+			require.Equal(t, prefixKeys(p, tt.wantInitial), eventKeys(rec.take(t, len(rec.c))), "initial read")
+
+			for _, k := range tt.after {
+				watchPut(t, c, p+k, k)
+			}
+			// Events come in revision order, so once the last wanted key
+			// arrived every key written before it was either delivered or
+			// filtered out.
+			want := prefixKeys(p, tt.wantEvents)
+			require.Equal(t, want, eventKeys(rec.take(t, len(want))))
+			rec.requireQuiet(t)
+		})
+	}
+}
+
+func TestWatchEmptyPrefixWatchesEveryKey(t *testing.T) {
+	verifyNoLeaks(t)
+	c := newClient(t)
+	for _, k := range []string{"/a", "b", "/x/y"} {
+		watchPut(t, c, k, k)
+	}
+	_, rec := watchPrefix(t, c, "")
+	require.Equal(t, []string{"/a", "/x/y", "b"}, eventKeys(rec.take(t, len(rec.c))), "initial read")
+
+	watchPut(t, c, "c", "c")
+	watchPut(t, c, "/", "root")
+	watchDelete(t, c, "/a")
+	require.Equal(t, []string{"c", "/", "/a"}, eventKeys(rec.take(t, 3)))
+}
+
+func prefixKeys(p string, keys []string) []string {
+	out := make([]string, len(keys))
+	for i, k := range keys {
+		out[i] = p + k
+	}
+	return out
+}
+
+func eventKeys(events []storage.Event[*host]) []string {
+	keys := make([]string, len(events))
+	for i, e := range events {
+		keys[i] = e.Key
+	}
+	return keys
+}
+
+func TestWatchTwiceIsAlreadyInProgress(t *testing.T) {
+	verifyNoLeaks(t)
+	c := newClient(t)
+	op, rec := watchPrefix(t, c, "/w")
+
+	err := op.Watch(testContext(t), rec.handle)
+	require.ErrorIs(t, err, storage.ErrWatchAlreadyInProgress)
+	require.ErrorContains(t, err, "/w/")
+
+	// The first run goes on.
+	rev := watchPut(t, c, "/w/a", "a")
+	requireWatchEvents(t, []storage.Event[*host]{wantPut("/w/a", "a", 1, rev)}, []storage.Event[*host]{rec.next(t)})
+}
+
+func TestWatchCloseIsIdempotentAndWatchWorksAgainWithAFreshInitialRead(t *testing.T) {
+	verifyNoLeaks(t)
+	c := newClient(t)
+	ctx := testContext(t)
+	op := storage.NewWatchPrefixOp[*host](c, "/w")
+	t.Cleanup(op.Close)
+
+	op.Close() // before any Watch
+	op.Close()
+
+	watchPut(t, c, "/w/a", "a")
+	rec := newWatchRecorder()
+	require.NoError(t, op.Watch(ctx, rec.handle))
+	require.Equal(t, []string{"/w/a"}, eventKeys(rec.take(t, 1)))
+
+	op.Close()
+	op.Close()
+	rev := watchPut(t, c, "/w/b", "b")
+	rec.requireQuiet(t) // closed: the put is not delivered
+
+	rec2 := newWatchRecorder()
+	require.NoError(t, op.Watch(ctx, rec2.handle))
+	requireWatchEvents(t, []storage.Event[*host]{wantPut("/w/a", "a", 1, rev), wantPut("/w/b", "b", 1, rev)}, rec2.take(t, 2))
+	rev = watchPut(t, c, "/w/c", "c")
+	requireWatchEvents(t, []storage.Event[*host]{wantPut("/w/c", "c", 1, rev)}, []storage.Event[*host]{rec2.next(t)})
+	require.Empty(t, rec.c, "the closed run's handler was called")
+}
+
+func TestWatchCloseFromInsideTheHandlerStopsDeliveryWithoutDeadlock(t *testing.T) {
+	verifyNoLeaks(t)
+	c := newClient(t)
+
+	t.Run("during the initial read", func(t *testing.T) {
+		watchPut(t, c, "/init/a", "a")
+		watchPut(t, c, "/init/b", "b")
+		op := storage.NewWatchPrefixOp[*host](c, "/init")
+		t.Cleanup(op.Close)
+		var keys []string
+		err := op.Watch(testContext(t), func(e *storage.Event[*host]) error {
+			keys = append(keys, e.Key)
+			op.Close()
+			return nil
+		})
+		t.Logf("Watch returned %v", err)
+		require.Equal(t, []string{"/init/a"}, keys, "events after Close returned in the handler")
+		require.Empty(t, op.Error())
+
+		// Nothing is running: Watch needs no Close.
+		rec := newWatchRecorder()
+		require.NoError(t, op.Watch(testContext(t), rec.handle))
+		require.Equal(t, []string{"/init/a", "/init/b"}, eventKeys(rec.take(t, 2)))
+	})
+
+	t.Run("during the watch", func(t *testing.T) {
+		op := storage.NewWatchPrefixOp[*host](c, "/run")
+		t.Cleanup(op.Close)
+		rec := newWatchRecorder()
+		closed := make(chan struct{})
+		require.NoError(t, op.Watch(testContext(t), func(e *storage.Event[*host]) error {
+			rec.c <- *e
+			if e.Key == "/run/stop" {
+				op.Close()
+				close(closed)
+			}
+			return nil
+		}))
+
+		// One txn: the events after /run/stop come in the same response.
+		watchTxn(t, c, clientv3.OpPut("/run/stop", watchHostJSON("stop")), clientv3.OpPut("/run/same-txn", watchHostJSON("x")))
+		waitWatchSignal(t, closed, "Close from inside the handler returned")
+		require.Equal(t, "/run/stop", rec.next(t).Key)
+
+		watchPut(t, c, "/run/later", "later")
+		rec.requireQuiet(t)
+		require.Empty(t, op.Error())
+	})
+}
+
+func TestWatchHandlerErrorStopsTheRunAndIsReportedOnce(t *testing.T) {
+	verifyNoLeaks(t)
+	c := newClient(t)
+	ctx := testContext(t)
+	errBoom := errors.New("boom")
+	op := storage.NewWatchPrefixOp[*host](c, "/w")
+	t.Cleanup(op.Close)
+	rec := newWatchRecorder()
+	require.NoError(t, op.Watch(ctx, func(e *storage.Event[*host]) error {
+		rec.c <- *e
+		if e.Key == "/w/fail" {
+			return errBoom
+		}
+		return nil
+	}))
+
+	watchTxn(t, c, clientv3.OpPut("/w/fail", watchHostJSON("f")), clientv3.OpPut("/w/same-txn", watchHostJSON("x")))
+	require.Equal(t, "/w/fail", rec.next(t).Key)
+	err := recvWatchError(t, op.Error())
+	require.ErrorIs(t, err, errBoom)
+	require.ErrorContains(t, err, "watch prefix /w/")
+
+	watchPut(t, c, "/w/after", "after")
+	rec.requireQuiet(t) // the handler is not called again
+	require.Empty(t, op.Error(), "a second error")
+
+	require.ErrorIs(t, op.Watch(ctx, rec.handle), storage.ErrWatchAlreadyInProgress, "a stopped run is in progress until Close")
+	op.Close()
+	require.NoError(t, op.Watch(ctx, rec.handle))
+	require.Equal(t, []string{"/w/after", "/w/fail", "/w/same-txn"}, eventKeys(rec.take(t, 3)))
+}
+
+func TestWatchHandlerErrorDuringTheInitialReadIsReturnedAndNothingRuns(t *testing.T) {
+	verifyNoLeaks(t)
+	c := newClient(t)
+	ctx := testContext(t)
+	watchPut(t, c, "/w/a", "a")
+	watchPut(t, c, "/w/b", "b")
+	errBoom := errors.New("boom")
+	op := storage.NewWatchPrefixOp[*host](c, "/w")
+	t.Cleanup(op.Close)
+
+	calls := 0
+	err := op.Watch(ctx, func(*storage.Event[*host]) error { calls++; return errBoom })
+	require.ErrorIs(t, err, errBoom)
+	require.ErrorContains(t, err, "watch prefix /w/")
+	require.Equal(t, 1, calls, "handle called after it failed")
+	require.Empty(t, op.Error(), "the returned error was also sent on Error()")
+
+	rec := newWatchRecorder()
+	require.NoError(t, op.Watch(ctx, rec.handle), "Watch after a failed Watch, without Close")
+	require.Equal(t, []string{"/w/a", "/w/b"}, eventKeys(rec.take(t, 2)))
+}
+
+func TestWatchContextCancelStopsTheRunWithCanceled(t *testing.T) {
+	verifyNoLeaks(t)
+	c := newClient(t)
+	op := storage.NewWatchPrefixOp[*host](c, "/w")
+	t.Cleanup(op.Close)
+	rec := newWatchRecorder()
+	ctx, cancel := context.WithCancel(testContext(t))
+	require.NoError(t, op.Watch(ctx, rec.handle))
+
+	cancel()
+	err := recvWatchError(t, op.Error())
+	require.ErrorIs(t, err, context.Canceled)
+	require.ErrorContains(t, err, "watch prefix /w/")
+
+	watchPut(t, c, "/w/a", "a")
+	rec.requireQuiet(t)
+	require.Empty(t, op.Error(), "a second error")
+	require.ErrorIs(t, op.Watch(testContext(t), rec.handle), storage.ErrWatchAlreadyInProgress)
+}
+
+func TestWatchCloseDropsAnUnreadError(t *testing.T) {
+	verifyNoLeaks(t)
+	c := newClient(t)
+	op := storage.NewWatchPrefixOp[*host](c, "/w")
+	t.Cleanup(op.Close)
+	require.NoError(t, op.Watch(testContext(t), func(*storage.Event[*host]) error { return errors.New("boom") }))
+
+	watchPut(t, c, "/w/a", "a")
+	require.Eventually(t, func() bool { return len(op.Error()) == 1 }, watchWait, 5*time.Millisecond)
+	op.Close()
+	require.Empty(t, op.Error())
+}
+
+func TestWatchPropagateErrorsForwardsUntilItsContextEnds(t *testing.T) {
+	verifyNoLeaks(t)
+	c := newClient(t)
+	ctx := testContext(t)
+	errBoom := errors.New("boom")
+	failing := func(e *storage.Event[*host]) error {
+		if e.Key == "/w/fail" {
+			return errBoom
+		}
+		return nil
+	}
+	op := storage.NewWatchPrefixOp[*host](c, "/w")
+	t.Cleanup(op.Close)
+	require.NoError(t, op.Watch(ctx, failing))
+
+	beforePropagate := goleak.IgnoreCurrent()
+	forwarded := make(chan error, 1)
+	pctx, pcancel := context.WithCancel(ctx)
+	op.PropagateErrors(pctx, forwarded)
+
+	watchPut(t, c, "/w/fail", "f")
+	require.ErrorIs(t, recvWatchError(t, forwarded), errBoom)
+
+	pcancel()
+	// Its goroutine is the only one started since; it must end with pctx.
+	require.NoError(t, goleak.Find(beforePropagate), "PropagateErrors outlived its context")
+
+	op.Close()
+	watchDelete(t, c, "/w/fail")
+	require.NoError(t, op.Watch(ctx, failing))
+	watchPut(t, c, "/w/fail", "f")
+	require.ErrorIs(t, recvWatchError(t, op.Error()), errBoom, "the error of a later run stays on Error()")
+	require.Empty(t, forwarded)
+}
+
+func TestWatchInvalidOptionsAreAnErrorNamingTheWatch(t *testing.T) {
+	verifyNoLeaks(t)
+	c := newClient(t)
+
+	options := []struct {
+		name string
+		opt  clientv3.OpOption
+	}{
+		{"WithRev", clientv3.WithRev(5)},
+		{"WithPrefix", clientv3.WithPrefix()},
+		{"WithFromKey", clientv3.WithFromKey()},
+		{"WithRange", clientv3.WithRange("/z")},
+		{"WithLimit", clientv3.WithLimit(1)},
+		{"WithSerializable", clientv3.WithSerializable()},
+		{"WithLease", clientv3.WithLease(1)},
+		{"WithSort", clientv3.WithSort(clientv3.SortByKey, clientv3.SortDescend)},
+		{"WithCountOnly", clientv3.WithCountOnly()},
+		{"WithKeysOnly", clientv3.WithKeysOnly()},
+		{"WithMinModRev", clientv3.WithMinModRev(1)},
+	}
+	ops := []struct {
+		kind  string
+		newOp func(opt clientv3.OpOption) storage.WatchOp[*host]
+		what  string
+	}{{
+		kind: "key",
+		newOp: func(opt clientv3.OpOption) storage.WatchOp[*host] {
+			return storage.NewWatchOp[*host](c, "/w/k", opt)
+		},
+		what: "watch /w/k",
+	}, {
+		kind: "prefix",
+		newOp: func(opt clientv3.OpOption) storage.WatchOp[*host] {
+			return storage.NewWatchPrefixOp[*host](c, "/w", opt)
+		},
+		what: "watch prefix /w/",
+	}}
+	watchPut(t, c, "/w/k", "k")
+	for _, o := range options {
+		for _, k := range ops {
+			t.Run(o.name+" on a "+k.kind+" watch", func(t *testing.T) {
+				op := k.newOp(o.opt)
+				t.Cleanup(op.Close)
+				called := false
+				var err error
+				require.NotPanics(t, func() {
+					err = op.Watch(testContext(t), func(*storage.Event[*host]) error { called = true; return nil })
+				})
+				require.Error(t, err)
+				require.ErrorContains(t, err, k.what)
+				require.False(t, called, "handle called despite an invalid option")
+				require.Empty(t, op.Error())
+			})
+		}
+	}
+}
+
+func TestWatchFilterPutDropsLivePutsButNotTheInitialRead(t *testing.T) {
+	verifyNoLeaks(t)
+	c := newClient(t)
+	watchPut(t, c, "/w/a", "a")
+
+	op := storage.NewWatchPrefixOp[*host](c, "/w", clientv3.WithFilterPut())
+	t.Cleanup(op.Close)
+	rec := newWatchRecorder()
+	require.NoError(t, op.Watch(testContext(t), rec.handle))
+	require.Equal(t, []string{"/w/a"}, eventKeys(rec.take(t, 1)), "the initial read is not filtered")
+
+	watchPut(t, c, "/w/b", "b")
+	rev := watchDelete(t, c, "/w/a")
+	requireWatchEvents(t, []storage.Event[*host]{wantDelete("/w/a", rev)}, []storage.Event[*host]{rec.next(t)})
+}
+
+func TestWatchOnAClosedClientReportsOneErrorAndStops(t *testing.T) {
+	verifyNoLeaks(t)
+	s, err := storagetest.Start()
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, s.Close()) })
+	wc, err := s.NewClient(clientv3.Config{DialTimeout: 5 * time.Second})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = wc.Close() }) // on failure; a second Close is harmless
+
+	op := storage.NewWatchPrefixOp[*host](wc, "/w")
+	t.Cleanup(op.Close)
+	rec := newWatchRecorder()
+	require.NoError(t, op.Watch(testContext(t), rec.handle))
+	watchPut(t, s.Client(), "/w/a", "a")
+	require.Equal(t, "/w/a", rec.next(t).Key, "the watch runs")
+
+	_ = wc.Close() // reports context.Canceled: its own context ends
+	err = recvWatchError(t, op.Error())
+	require.ErrorIs(t, err, context.Canceled)
+	require.ErrorContains(t, err, "client closed")
+	require.ErrorContains(t, err, "watch prefix /w/")
+
+	select {
+	case err := <-op.Error():
+		t.Fatalf("a second error: %v", err)
+	case <-time.After(500 * time.Millisecond):
+	}
+	require.Empty(t, rec.c)
+	// A closed client returns closed watch channels at once: a loop that
+	// retried would count a resume per spin.
+	require.Less(t, storage.WatchRecovery(op).Resumes, int64(3))
+	op.Close()
+}
+
+func TestWatchRelistsWhenItsStartRevisionWasCompacted(t *testing.T) {
+	verifyNoLeaks(t)
+	c := newClient(t)
+	ctx := testContext(t)
+	const p = "/w/"
+
+	watchPut(t, c, p+"k0", "zero") // unchanged throughout
+	watchPut(t, c, p+"k1", "one")
+	watchPut(t, c, p+"k2", "two")
+	readRev := watchPut(t, c, p+"k3", "three")
+
+	// The handler blocks on the last item of the initial read, so the watch
+	// cannot start before the test has compacted past the read revision.
+	rec := newWatchRecorder()
+	blocked, release := make(chan struct{}), make(chan struct{})
+	var blockOnce, releaseOnce sync.Once
+	unblock := func() { releaseOnce.Do(func() { close(release) }) }
+	handle := func(e *storage.Event[*host]) error {
+		rec.c <- *e
+		if e.Key == p+"k3" {
+			blockOnce.Do(func() {
+				close(blocked)
+				<-release
+			})
+		}
+		return nil
+	}
+	op := storage.NewWatchPrefixOp[*host](c, p)
+	t.Cleanup(op.Close)
+	t.Cleanup(unblock) // runs before Close, should the test fail while blocked
+	watchErr := make(chan error, 1)
+	go func() { watchErr <- op.Watch(ctx, handle) }()
+
+	waitWatchSignal(t, blocked, "initial read reached its last item")
+	t.Log("phase 1: change the prefix while the initial read is delivered, compact past the read revision")
+	watchPut(t, c, p+"k1", "one'")
+	watchDelete(t, c, p+"k2")
+	watchDelete(t, c, p+"k3")
+	watchPut(t, c, p+"k3", "three'")
+	lastRev := watchPut(t, c, p+"k4", "four")
+	_, err := c.Compact(ctx, lastRev, clientv3.WithCompactPhysical())
+	require.NoError(t, err)
+
+	t.Log("phase 2: release the handler; the watch from the read revision + 1 must relist")
+	unblock()
+	require.NoError(t, recvWatchError(t, watchErr), "Watch")
+	initial := rec.take(t, 4)
+	requireWatchEvents(t, []storage.Event[*host]{
+		wantPut(p+"k0", "zero", 1, readRev), wantPut(p+"k1", "one", 1, readRev),
+		wantPut(p+"k2", "two", 1, readRev), wantPut(p+"k3", "three", 1, readRev),
+	}, initial)
+
+	watchPut(t, c, p+"k9", "sentinel")
+	later := rec.until(t, p+"k9")
+	require.GreaterOrEqual(t, storage.WatchRecovery(op).Relists, int64(1))
+
+	// The relist delivers what changed, each key once, at the re-read's
+	// revision; k0 did not change and is not delivered again. The sentinel
+	// comes from the re-read or from the watch after it.
+	relisted := later[:len(later)-1]
+	require.NotEmpty(t, relisted)
+	relistRev := relisted[0].Revision
+	require.GreaterOrEqual(t, relistRev, lastRev)
+	slices.SortStableFunc(relisted, func(a, b storage.Event[*host]) int { return strings.Compare(a.Key, b.Key) })
+	requireWatchEvents(t, []storage.Event[*host]{
+		wantPut(p+"k1", "one'", 2, relistRev),
+		wantDelete(p+"k2", relistRev),
+		wantPut(p+"k3", "three'", 1, relistRev), // re-created: a create again
+		wantPut(p+"k4", "four", 1, relistRev),
+	}, relisted)
+
+	requireReplayEqualsEtcd(t, c, p, append(initial, later...))
+}
+
+// replayState is what a replay of events knows of a key.
+type replayState struct {
+	Name    string
+	Version int64
+}
+
+// requireReplayEqualsEtcd applies events in order to an empty map and
+// requires the result to equal a fresh read of the prefix.
+func requireReplayEqualsEtcd(t *testing.T, c *clientv3.Client, prefix string, events []storage.Event[*host]) {
+	t.Helper()
+	replay := map[string]replayState{}
+	for _, e := range events {
+		switch e.Type {
+		case storage.EventTypePut:
+			replay[e.Key] = replayState{e.Value.Name, e.Value.Version()}
+		case storage.EventTypeDelete:
+			delete(replay, e.Key)
+		default:
+			t.Fatalf("unexpected event %+v", e)
+		}
+	}
+	require.Equal(t, readReplayState(t, c, prefix), replay)
+}
+
+// readReplayState reads prefix straight from etcd.
+func readReplayState(t *testing.T, c *clientv3.Client, prefix string) map[string]replayState {
+	t.Helper()
+	resp, err := c.Get(testContext(t), prefix, clientv3.WithPrefix())
+	require.NoError(t, err)
+	out := make(map[string]replayState, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		var h host
+		require.NoError(t, json.Unmarshal(kv.Value, &h), "key %s", kv.Key)
+		out[string(kv.Key)] = replayState{h.Name, kv.Version}
+	}
+	return out
+}
+
+func TestWatchProgressNotificationsMoveAnIdleWatch(t *testing.T) {
+	verifyNoLeaks(t)
+	c := newClient(t, storagetest.WithServerConfig(func(cfg *embed.Config) {
+		cfg.WatchProgressNotifyInterval = 100 * time.Millisecond
+	}))
+	op, rec := watchPrefix(t, c, "/w")
+	require.Zero(t, storage.WatchRecovery(op).Progress)
+
+	// Writes elsewhere move the store's revision past the watch's.
+	watchPut(t, c, "/other/a", "a")
+	require.Eventually(t, func() bool { return storage.WatchRecovery(op).Progress >= 1 }, watchWait, 10*time.Millisecond)
+	require.Empty(t, rec.c, "events for keys outside the prefix")
+}
+
+func TestWatchReplayOfManyWritesEqualsAFreshRead(t *testing.T) {
+	verifyNoLeaks(t)
+	c := newClient(t)
+	const p = "/replay/"
+	rng := rand.New(rand.NewPCG(1, 2))
+	key := func() string { return fmt.Sprintf("%sk%02d", p, rng.IntN(16)) }
+
+	for i := range 5 {
+		watchPut(t, c, fmt.Sprintf("%sk%02d", p, i), "initial")
+	}
+	op, rec := watchPrefix(t, c, p)
+	initial := rec.take(t, len(rec.c))
+	require.Len(t, initial, 5)
+
+	for i := range 200 {
+		name := fmt.Sprint(i)
+		switch r := rng.IntN(10); {
+		case r < 5:
+			watchPut(t, c, key(), name)
+		case r < 7:
+			watchDelete(t, c, key())
+		default:
+			var txnOps []clientv3.Op
+			seen := map[string]bool{}
+			for range 2 + rng.IntN(3) {
+				k := key()
+				if seen[k] {
+					continue
+				}
+				seen[k] = true
+				if rng.IntN(3) == 0 {
+					txnOps = append(txnOps, clientv3.OpDelete(k))
+				} else {
+					txnOps = append(txnOps, clientv3.OpPut(k, watchHostJSON(name)))
+				}
+			}
+			watchTxn(t, c, txnOps...)
+		}
+	}
+	watchPut(t, c, p+"sentinel", "last")
+	events := rec.until(t, p+"sentinel")
+
+	// Each change exactly once, in revision order: with no compaction every
+	// put carries the previous version + 1 (1 after a delete), and every
+	// delete removes a key the replay holds.
+	versions := map[string]int64{}
+	for _, e := range initial {
+		versions[e.Key] = e.Value.Version()
+	}
+	var lastRev int64
+	for i, e := range events {
+		require.GreaterOrEqual(t, e.Revision, lastRev, "event %d out of revision order", i)
+		lastRev = e.Revision
+		switch e.Type {
+		case storage.EventTypePut:
+			want := versions[e.Key] + 1
+			require.Equal(t, want, e.Value.Version(), "event %d: %s", i, e.Key)
+			require.Equal(t, want == 1, e.IsCreate, "event %d: IsCreate", i)
+			require.Equal(t, want > 1, e.IsModify, "event %d: IsModify", i)
+			versions[e.Key] = want
+		case storage.EventTypeDelete:
+			require.Contains(t, versions, e.Key, "event %d: delete of a key the replay lacks", i)
+			delete(versions, e.Key)
+		default:
+			t.Fatalf("event %d: %+v", i, e)
+		}
+	}
+	requireReplayEqualsEtcd(t, c, p, append(initial, events...))
+	require.Zero(t, storage.WatchRecovery(op).Resumes+storage.WatchRecovery(op).Relists, "a healthy watch needed recovery")
+}
+
+// watchRecordJSON is the stored form of a record named name.
+func watchRecordJSON(name string) string { return fmt.Sprintf(`{"name":%q,"count":0}`, name) }
+
+func TestWatchHandlerFallingBehindGetsEachChangeOnce(t *testing.T) {
+	verifyNoLeaks(t)
+	c := newClient(t)
+
+	tests := []struct {
+		name    string
+		compact bool // compact past every change while the stream is cancelled
+	}{
+		{name: "resuming from the last delivered revision", compact: false},
+		{name: "relisting when etcd compacted meanwhile", compact: true},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := fmt.Sprintf("/lag/%d/", i)
+			op := watchFallingBehind(t, c, p, tt.compact)
+			rec := storage.WatchRecovery(op)
+			if tt.compact {
+				require.GreaterOrEqual(t, rec.Relists, int64(1), "recovery: %+v", rec)
+			} else {
+				require.GreaterOrEqual(t, rec.Resumes, int64(1), "recovery: %+v", rec)
+				require.Zero(t, rec.Relists, "recovery: %+v", rec)
+			}
+		})
+	}
+}
+
+// watchFallingBehind runs a prefix watch whose handler blocks on its first
+// live event. With a backlog bound of 2 the watch cancels its stream while
+// the handler is stuck, and resumes from the last delivered revision once it
+// returns (re-reading if compact made that revision history). It checks that
+// every change arrived once, in order, and that the events replay to etcd's
+// contents, and returns the op for its counters.
+func watchFallingBehind(t *testing.T, c *clientv3.Client, p string, compact bool) storage.WatchOp[*record] {
+	t.Helper()
+	ctx := testContext(t)
+	for _, k := range []string{"k1", "k2", "k3"} {
+		put(t, c, p+k, watchRecordJSON(k))
+	}
+
+	events := make(chan storage.Event[*record], 4096)
+	blocked, release := make(chan struct{}), make(chan struct{})
+	var blockOnce, releaseOnce sync.Once
+	unblock := func() { releaseOnce.Do(func() { close(release) }) }
+	op := storage.NewWatchPrefixOp[*record](c, p)
+	storage.SetMaxPending(op, 2)
+	t.Cleanup(op.Close)
+	t.Cleanup(unblock) // runs before Close, should the test fail while blocked
+	require.NoError(t, op.Watch(ctx, func(e *storage.Event[*record]) error {
+		events <- *e
+		if e.Key == p+"block" {
+			blockOnce.Do(func() {
+				close(blocked)
+				<-release
+			})
+		}
+		return nil
+	}))
+	require.Len(t, events, 3, "initial read")
+
+	put(t, c, p+"block", watchRecordJSON("block"))
+	waitWatchSignal(t, blocked, "the handler got the first live event")
+	t.Log("phase 1: the handler is stuck; queue more events than the backlog bound")
+	watchDelete(t, c, p+"k1")
+	put(t, c, p+"a", watchRecordJSON("a1"))
+	put(t, c, p+"k2", watchRecordJSON("two'"))
+	put(t, c, p+"b", watchRecordJSON("b1"))
+	require.Eventually(t, func() bool { return storage.WatchRecovery(op).Backlogs >= 1 }, watchWait, 5*time.Millisecond)
+
+	t.Log("phase 2: change the prefix while the stream is cancelled")
+	watchDelete(t, c, p+"k2")
+	watchDelete(t, c, p+"k3")
+	put(t, c, p+"k3", watchRecordJSON("three'"))
+	put(t, c, p+"a", watchRecordJSON("a2"))
+	last := put(t, c, p+"c", watchRecordJSON("c1"))
+	if compact {
+		_, err := c.Compact(ctx, last, clientv3.WithCompactPhysical())
+		require.NoError(t, err)
+	}
+
+	t.Log("phase 3: release the handler; every change must arrive once")
+	unblock()
+	put(t, c, p+"sentinel", watchRecordJSON("last"))
+	replay := map[string]replayState{}
+	modRevs := map[string]int64{} // last delivered mod revision per key
+	var lastRev int64
+	timer := time.NewTimer(watchWait)
+	defer timer.Stop()
+	for i := 0; ; i++ {
+		var e storage.Event[*record]
+		select {
+		case e = <-events:
+		case <-timer.C:
+			t.Fatalf("no sentinel within %v; replay %v", watchWait, replay)
+		}
+		require.GreaterOrEqual(t, e.Revision, lastRev, "event %d out of revision order: %+v", i, e)
+		lastRev = e.Revision
+		switch e.Type {
+		case storage.EventTypePut:
+			// A key's mod revision only grows: a change delivered again (a
+			// resume from too early, a re-read repeating an unchanged key)
+			// would repeat one.
+			require.Greater(t, e.Value.ModRevision(), modRevs[e.Key], "event %d: %s delivered twice", i, e.Key)
+			require.GreaterOrEqual(t, e.Revision, e.Value.ModRevision(), "event %d", i)
+			require.Equal(t, e.Value.Version() == 1, e.IsCreate, "event %d: IsCreate", i)
+			require.Equal(t, e.Value.Version() > 1, e.IsModify, "event %d: IsModify", i)
+			if !compact {
+				// Nothing was compacted: no version may be skipped.
+				require.Equal(t, replay[e.Key].Version+1, e.Value.Version(), "event %d: %s", i, e.Key)
+			}
+			modRevs[e.Key] = e.Value.ModRevision()
+			replay[e.Key] = replayState{e.Value.Name, e.Value.Version()}
+		case storage.EventTypeDelete:
+			require.Contains(t, replay, e.Key, "event %d: delete of a key already deleted", i)
+			delete(replay, e.Key)
+		default:
+			t.Fatalf("event %d: %+v", i, e)
+		}
+		if e.Key == p+"sentinel" {
+			break
+		}
+	}
+	require.Equal(t, readReplayState(t, c, p), replay)
+	return op
+}
+
+func TestWatchStopsWhenTheClientClosesWhileRelisting(t *testing.T) {
+	verifyNoLeaks(t)
+	const recvLimit = 128 << 10
+	s, err := storagetest.Start()
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, s.Close()) })
+	wc, err := s.NewClient(clientv3.Config{DialTimeout: 5 * time.Second, MaxCallRecvMsgSize: recvLimit})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = wc.Close() }) // on failure; a second Close is harmless
+	c, ctx := s.Client(), testContext(t)
+	const p = "/w/"
+	watchPut(t, c, p+"a", "a")
+
+	// As in TestWatchRelistsWhenItsStartRevisionWasCompacted: the handler
+	// holds the initial read while a value too large for the watch client
+	// is written and the read revision compacted, so that every re-read
+	// fails and the watch keeps relisting.
+	blocked, release := make(chan struct{}), make(chan struct{})
+	var blockOnce, releaseOnce sync.Once
+	unblock := func() { releaseOnce.Do(func() { close(release) }) }
+	op := storage.NewWatchPrefixOp[*host](wc, p)
+	t.Cleanup(op.Close)
+	t.Cleanup(unblock)
+	handle := func(e *storage.Event[*host]) error {
+		blockOnce.Do(func() {
+			close(blocked)
+			<-release
+		})
+		return nil
+	}
+	watchErr := make(chan error, 1)
+	go func() { watchErr <- op.Watch(ctx, handle) }()
+	waitWatchSignal(t, blocked, "initial read delivered")
+	huge := make([]byte, 3*recvLimit)
+	for i := range huge {
+		huge[i] = 'a' + byte(rand.IntN(26)) // plain JSON: the raw put stores it as is
+	}
+	watchPut(t, c, p+"b", "b") // so that the compaction covers the read revision + 1
+	last := watchPut(t, c, p+"huge", string(huge))
+	_, err = c.Compact(ctx, last, clientv3.WithCompactPhysical())
+	require.NoError(t, err)
+	unblock()
+	require.NoError(t, recvWatchError(t, watchErr), "Watch")
+
+	t.Log("phase 1: the watch relists and fails to read the huge value, again and again")
+	require.Eventually(t, func() bool { return storage.WatchRecovery(op).Relists >= 2 }, watchWait, 5*time.Millisecond)
+	require.Empty(t, op.Error(), "precondition: a value over the receive limit is retried, not an error")
+
+	t.Log("phase 2: close the watch's client: the run must stop with one error")
+	_ = wc.Close()
+	err = recvWatchError(t, op.Error())
+	require.ErrorIs(t, err, context.Canceled)
+	require.ErrorContains(t, err, "client closed")
+	relists := storage.WatchRecovery(op).Relists
+	select {
+	case err := <-op.Error():
+		t.Fatalf("a second error: %v", err)
+	case <-time.After(500 * time.Millisecond):
+	}
+	require.LessOrEqual(t, storage.WatchRecovery(op).Relists, relists+1, "relists after the client closed")
+}
