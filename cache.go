@@ -426,10 +426,18 @@ func (g cacheGetPrefixOp[V]) Exec(context.Context) ([]V, error) {
 		g.c.mu.RUnlock()
 		return nil, fmt.Errorf("get prefix %s: %w", prefix, err)
 	}
-	g.c.items.AscendRange(&entry{key: start}, &entry{key: end}, func(e *entry) bool {
+	collect := func(e *entry) bool {
 		found = append(found, e)
 		return true
-	})
+	}
+	if end == "\x00" {
+		// prefixRange's end for the empty prefix (a cache of the whole
+		// keyspace) means "to the end", as in etcd; as a btree bound it
+		// would select nothing.
+		g.c.items.AscendGreaterOrEqual(&entry{key: start}, collect)
+	} else {
+		g.c.items.AscendRange(&entry{key: start}, &entry{key: end}, collect)
+	}
 	g.c.mu.RUnlock()
 	if len(found) == 0 {
 		return nil, nil
