@@ -61,6 +61,9 @@ func (d *deleteOp) ClientOp(context.Context) (clientv3.Op, error) {
 		}
 	}
 	if !d.prefix {
+		if err := checkSingleKeyOptions(d.describe(), d.opts); err != nil {
+			return clientv3.Op{}, err
+		}
 		return checkedOp(d.describe(), func() clientv3.Op { return clientv3.OpDelete(d.key, d.opts...) })
 	}
 	if d.key == "" || d.key == "/" {
@@ -95,6 +98,17 @@ func (d *deleteOp) txnKey() (kind, key, end string) {
 	return "delete", d.key, ""
 }
 
+// checkSingleKeyOptions refuses a range option (WithPrefix, WithRange,
+// WithFromKey) on an op that names one key: clientv3 would make it a range
+// delete (of the whole keyspace for the empty key) that neither a Txn's key
+// checks nor a Cache's bookkeeping see.
+func checkSingleKeyOptions(what string, opts []clientv3.OpOption) error {
+	if o := inspectOptions(opts); o.RangeBytes() != nil || o.IsOptsWithFromKey() || o.IsOptsWithPrefix() {
+		return fmt.Errorf("%s: invalid option: a range conflicts with the op's own key", what)
+	}
+	return nil
+}
+
 // deleteValueOp implements DeleteValueOp.
 type deleteValueOp[V Value] struct {
 	client *clientv3.Client
@@ -123,6 +137,9 @@ func (d *deleteValueOp[V]) Exec(ctx context.Context) error {
 }
 
 func (d *deleteValueOp[V]) ClientOp(context.Context) (clientv3.Op, error) {
+	if err := checkSingleKeyOptions(d.describe(), d.opts); err != nil {
+		return clientv3.Op{}, err
+	}
 	if d.cache != nil {
 		if err := d.cache.checkWrite(d.key); err != nil {
 			return clientv3.Op{}, fmt.Errorf("%s: %w", d.describe(), err)

@@ -111,19 +111,31 @@ func (p *putOp[V]) ClientOp(ctx context.Context) (clientv3.Op, error) {
 	if p.UpdateVersionEnabled() {
 		opts = append(opts[:len(opts):len(opts)], clientv3.WithPrevKV())
 	}
-	// Check the caller's options before a lease is granted for nothing.
-	op, err := checkedOp(p.describe(), func() clientv3.Op { return clientv3.OpPut(p.key, "", opts...) })
-	if err != nil {
-		return op, err
-	}
 	if p.hasTTL {
+		// Check the caller's options before a lease is granted for nothing.
+		if len(p.opts) > 0 {
+			if _, err := p.build("", opts); err != nil {
+				return clientv3.Op{}, err
+			}
+		}
 		lease, err := grantLease(ctx, p.client, p.ttl)
 		if err != nil {
 			return clientv3.Op{}, fmt.Errorf("%s: %w", p.describe(), err)
 		}
 		opts = append(opts[:len(opts):len(opts)], clientv3.WithLease(lease))
 	}
-	return clientv3.OpPut(p.key, string(data), opts...), nil
+	return p.build(string(data), opts)
+}
+
+// build returns the put with opts. clientv3.OpPut panics on options that do
+// not fit a put; only the caller's can (the library's own, WithPrevKV and
+// WithLease, always fit), so without them the put is built directly: the
+// checked build costs two allocations and the op's name, on every put.
+func (p *putOp[V]) build(data string, opts []clientv3.OpOption) (clientv3.Op, error) {
+	if len(p.opts) == 0 {
+		return clientv3.OpPut(p.key, data, opts...), nil
+	}
+	return checkedOp(p.describe(), func() clientv3.Op { return clientv3.OpPut(p.key, data, opts...) })
 }
 
 func (p *putOp[V]) Cmps() []clientv3.Cmp {
