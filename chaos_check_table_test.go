@@ -199,7 +199,7 @@ func TestChaosCheckAllAcceptGoodHistories(t *testing.T) {
 }
 
 func TestChaosCheckOrdered(t *testing.T) {
-	chaosRun(t, chaosErrOrdered, chaosCheckOrdered, []chaosCase{
+	chaosRun(t, errChaosOrdered, chaosCheckOrdered, []chaosCase{
 		{name: "in order is accepted", h: chaosGoodHistory()},
 		{name: "a re-read above the last delivered revision is accepted", h: chaosBridgedHistory()},
 		{name: "a reorder is rejected", h: chaosReordered(), bad: true},
@@ -221,7 +221,7 @@ func TestChaosCheckOrdered(t *testing.T) {
 }
 
 func TestChaosCheckUnique(t *testing.T) {
-	chaosRun(t, chaosErrUnique, chaosCheckUnique, []chaosCase{
+	chaosRun(t, errChaosUnique, chaosCheckUnique, []chaosCase{
 		{name: "each change once is accepted", h: chaosGoodHistory()},
 		{name: "read items sharing a revision are accepted", h: chaosBridgedHistory()},
 		{name: "a duplicate is rejected", h: chaosDuplicated(), bad: true},
@@ -230,7 +230,7 @@ func TestChaosCheckUnique(t *testing.T) {
 
 func TestChaosCheckAtomic(t *testing.T) {
 	check := func(h chaosHistory) error { return chaosCheckAtomic(h, chaosFixtureTruth()) }
-	chaosRun(t, chaosErrAtomic, check, []chaosCase{
+	chaosRun(t, errChaosAtomic, check, []chaosCase{
 		{name: "whole txns are accepted", h: chaosGoodHistory()},
 		{name: "a bridged compaction is accepted", h: chaosBridgedHistory()},
 		{name: "a txn missing a key is rejected", h: chaosSplitTxn(), bad: true},
@@ -243,7 +243,7 @@ func TestChaosCheckAtomic(t *testing.T) {
 
 func TestChaosCheckReliable(t *testing.T) {
 	check := func(h chaosHistory) error { return chaosCheckReliable(h, chaosFixtureTruth()) }
-	chaosRun(t, chaosErrReliable, check, []chaosCase{
+	chaosRun(t, errChaosReliable, check, []chaosCase{
 		{name: "every change once is accepted", h: chaosGoodHistory()},
 		{name: "a compaction bridged by a correct re-read is accepted", h: chaosBridgedHistory()},
 		{name: "a stop before the end of the truth is accepted", h: chaosEdit(chaosGoodHistory(), func(h *chaosHistory) { h.Events = h.Events[:6] })},
@@ -269,7 +269,7 @@ func TestChaosCheckReliable(t *testing.T) {
 
 func TestChaosCheckResumable(t *testing.T) {
 	check := func(h chaosHistory) error { return chaosCheckResumable(h, chaosFixtureTruth()) }
-	chaosRun(t, chaosErrResumable, check, []chaosCase{
+	chaosRun(t, errChaosResumable, check, []chaosCase{
 		{name: "a resume at the next change is accepted", h: chaosGoodHistory()},
 		{name: "a resume bridged by a re-read is accepted", h: chaosBridgedHistory()},
 		{name: "a restart with nothing after it is accepted",
@@ -283,7 +283,7 @@ func TestChaosCheckResumable(t *testing.T) {
 }
 
 func TestChaosCheckFilter(t *testing.T) {
-	chaosRun(t, chaosErrFilter, chaosCheckFilter, []chaosCase{
+	chaosRun(t, errChaosFilter, chaosCheckFilter, []chaosCase{
 		{name: "keys under the prefix are accepted", h: chaosGoodHistory()},
 		{name: "/ab/q under a watch of /a is rejected", h: chaosOutsidePrefix(), bad: true},
 		{name: "a key outside the prefix in a read is rejected", bad: true,
@@ -293,7 +293,7 @@ func TestChaosCheckFilter(t *testing.T) {
 
 func TestChaosCheckFlags(t *testing.T) {
 	check := func(h chaosHistory) error { return chaosCheckFlags(h, chaosFixtureTruth()) }
-	chaosRun(t, chaosErrFlags, check, []chaosCase{
+	chaosRun(t, errChaosFlags, check, []chaosCase{
 		{name: "flags from etcd are accepted", h: chaosGoodHistory()},
 		{name: "flags of re-read items by version are accepted", h: chaosBridgedHistory()},
 		{name: "a re-created key that is not IsCreate is rejected", bad: true,
@@ -310,7 +310,7 @@ func TestChaosCheckFlags(t *testing.T) {
 func TestChaosCheckReplay(t *testing.T) {
 	final := chaosFixtureFinal()
 	check := func(h chaosHistory) error { return chaosCheckReplay(h, final) }
-	chaosRun(t, chaosErrReplay, check, []chaosCase{
+	chaosRun(t, errChaosReplay, check, []chaosCase{
 		{name: "a full history is accepted", h: chaosGoodHistory()},
 		{name: "a bridged history is accepted", h: chaosBridgedHistory()},
 		{name: "a dropped middle event is rejected", h: chaosDropped(), bad: true},
@@ -353,7 +353,7 @@ func TestChaosCheckCacheMonotonic(t *testing.T) {
 				require.NoError(t, err)
 				return
 			}
-			require.ErrorIs(t, err, chaosErrBackInTime)
+			require.ErrorIs(t, err, errChaosBackInTime)
 			t.Log(err)
 		})
 	}

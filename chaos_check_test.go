@@ -87,15 +87,15 @@ type chaosKV struct {
 
 // The sentinels, one per checker, so a table test can tell which rule fired.
 var (
-	chaosErrOrdered    = errors.New("ordered")
-	chaosErrUnique     = errors.New("unique")
-	chaosErrAtomic     = errors.New("atomic")
-	chaosErrReliable   = errors.New("reliable")
-	chaosErrResumable  = errors.New("resumable")
-	chaosErrFilter     = errors.New("filter")
-	chaosErrFlags      = errors.New("is-create/is-modify")
-	chaosErrReplay     = errors.New("replay")
-	chaosErrBackInTime = errors.New("cache back in time")
+	errChaosOrdered    = errors.New("ordered")
+	errChaosUnique     = errors.New("unique")
+	errChaosAtomic     = errors.New("atomic")
+	errChaosReliable   = errors.New("reliable")
+	errChaosResumable  = errors.New("resumable")
+	errChaosFilter     = errors.New("filter")
+	errChaosFlags      = errors.New("is-create/is-modify")
+	errChaosReplay     = errors.New("replay")
+	errChaosBackInTime = errors.New("cache back in time")
 )
 
 // chaosCheckWatch runs checkers 1 to 7 and joins their errors.
@@ -187,24 +187,24 @@ func chaosCheckOrdered(h chaosHistory) error {
 	for _, r := range reads {
 		if r.From > 0 && r.Rev <= h.Events[r.From-1].Revision {
 			return fmt.Errorf("%w: read at revision %d starting at index %d is not after %s",
-				chaosErrOrdered, r.Rev, r.From, chaosFmt(r.From-1, h.Events[r.From-1]))
+				errChaosOrdered, r.Rev, r.From, chaosFmt(r.From-1, h.Events[r.From-1]))
 		}
 		if r.To < len(h.Events) && owner[r.To] < 0 && h.Events[r.To].Revision <= r.Rev {
 			return fmt.Errorf("%w: %s follows the read at revision %d: the watch must start after it",
-				chaosErrOrdered, chaosFmt(r.To, h.Events[r.To]), r.Rev)
+				errChaosOrdered, chaosFmt(r.To, h.Events[r.To]), r.Rev)
 		}
 	}
 	for i, e := range h.Events {
 		if e.FromRead && owner[i] < 0 {
-			return fmt.Errorf("%w: %s is a read item outside any read", chaosErrOrdered, chaosFmt(i, e))
+			return fmt.Errorf("%w: %s is a read item outside any read", errChaosOrdered, chaosFmt(i, e))
 		}
 		if owner[i] >= 0 && e.Revision != reads[owner[i]].Rev {
 			return fmt.Errorf("%w: read item %s does not carry its read's revision %d",
-				chaosErrOrdered, chaosFmt(i, e), reads[owner[i]].Rev)
+				errChaosOrdered, chaosFmt(i, e), reads[owner[i]].Rev)
 		}
 		if i > 0 && e.Revision < h.Events[i-1].Revision {
 			return fmt.Errorf("%w: %s after %s: revision went back",
-				chaosErrOrdered, chaosFmt(i, e), chaosFmt(i-1, h.Events[i-1]))
+				errChaosOrdered, chaosFmt(i, e), chaosFmt(i-1, h.Events[i-1]))
 		}
 	}
 	return nil
@@ -222,7 +222,7 @@ func chaosCheckUnique(h chaosHistory) error {
 	for i, e := range h.Events {
 		k := revKey{e.Revision, e.Key}
 		if j, ok := seen[k]; ok {
-			return fmt.Errorf("%w: %s repeats %s", chaosErrUnique, chaosFmt(i, e), chaosFmt(j, h.Events[j]))
+			return fmt.Errorf("%w: %s repeats %s", errChaosUnique, chaosFmt(i, e), chaosFmt(j, h.Events[j]))
 		}
 		seen[k] = i
 	}
@@ -254,7 +254,7 @@ func chaosCheckAtomic(h chaosHistory, truth []chaosTruth) error {
 		}
 		if j, ok := ended[e.Revision]; ok {
 			return fmt.Errorf("%w: %s arrives after revision %d ended at %s",
-				chaosErrAtomic, chaosFmt(i, e), e.Revision, chaosFmt(j, h.Events[j]))
+				errChaosAtomic, chaosFmt(i, e), e.Revision, chaosFmt(j, h.Events[j]))
 		}
 	}
 	want := map[int64]map[string]bool{}
@@ -280,13 +280,13 @@ func chaosCheckAtomic(h chaosHistory, truth []chaosTruth) error {
 		for _, k := range slices.Sorted(maps.Keys(want[rev])) {
 			if !got[rev][k] {
 				return fmt.Errorf("%w: revision %d delivered without %s, written in the same revision",
-					chaosErrAtomic, rev, k)
+					errChaosAtomic, rev, k)
 			}
 		}
 		for _, k := range slices.Sorted(maps.Keys(got[rev])) {
 			if !want[rev][k] {
 				return fmt.Errorf("%w: revision %d delivered %s, which the ground truth did not write then",
-					chaosErrAtomic, rev, k)
+					errChaosAtomic, rev, k)
 			}
 		}
 	}
@@ -353,7 +353,7 @@ func chaosApply(state map[string]chaosKV, e chaosDelivered) {
 func chaosCheckReliable(h chaosHistory, truth []chaosTruth) error {
 	reads, owner := chaosReads(h)
 	if len(reads) == 0 || reads[0].From != 0 {
-		return fmt.Errorf("%w: history has no initial read revision", chaosErrReliable)
+		return fmt.Errorf("%w: history has no initial read revision", errChaosReliable)
 	}
 	in := chaosInPrefix(truth, h.Prefix)
 	state := map[string]chaosKV{}
@@ -368,7 +368,7 @@ func chaosCheckReliable(h chaosHistory, truth []chaosTruth) error {
 			want := chaosTruthState(in, r.Rev)
 			if k, ok := chaosStateDiff(state, want); ok {
 				return fmt.Errorf("%w: after the read at revision %d (index %d), %s is %s, ground truth %s",
-					chaosErrReliable, r.Rev, r.From, k, chaosFmtKV(state, k), chaosFmtKV(want, k))
+					errChaosReliable, r.Rev, r.From, k, chaosFmtKV(state, k), chaosFmtKV(want, k))
 			}
 			for cursor < len(in) && in[cursor].Revision <= r.Rev {
 				cursor++
@@ -379,10 +379,10 @@ func chaosCheckReliable(h chaosHistory, truth []chaosTruth) error {
 		}
 		e := h.Events[i]
 		if e.Type == storage.EventTypeError {
-			return fmt.Errorf("%w: %s: the workload writes only decodable values", chaosErrReliable, chaosFmt(i, e))
+			return fmt.Errorf("%w: %s: the workload writes only decodable values", errChaosReliable, chaosFmt(i, e))
 		}
 		if cursor == len(in) {
-			return fmt.Errorf("%w: %s is not in the ground truth", chaosErrReliable, chaosFmt(i, e))
+			return fmt.Errorf("%w: %s is not in the ground truth", errChaosReliable, chaosFmt(i, e))
 		}
 		// Within a revision, take the ground-truth change of the same key.
 		for j := cursor; j < len(in) && in[j].Revision == in[cursor].Revision; j++ {
@@ -395,20 +395,20 @@ func chaosCheckReliable(h chaosHistory, truth []chaosTruth) error {
 		switch {
 		case t.Revision < e.Revision:
 			return fmt.Errorf("%w: ground truth %s is missing before %s",
-				chaosErrReliable, chaosFmtTruth(t), chaosFmt(i, e))
+				errChaosReliable, chaosFmtTruth(t), chaosFmt(i, e))
 		case t.Revision > e.Revision || t.Key != e.Key:
 			return fmt.Errorf("%w: %s is not in the ground truth (next there: %s)",
-				chaosErrReliable, chaosFmt(i, e), chaosFmtTruth(t))
+				errChaosReliable, chaosFmt(i, e), chaosFmtTruth(t))
 		case t.Type != e.Type || t.Value != e.Value || t.Version != e.Version:
 			return fmt.Errorf("%w: %s has %q version %d, ground truth %s %q version %d",
-				chaosErrReliable, chaosFmt(i, e), e.Value, e.Version, t.Type, t.Value, t.Version)
+				errChaosReliable, chaosFmt(i, e), e.Value, e.Version, t.Type, t.Value, t.Version)
 		}
 		chaosApply(state, e)
 		cursor++
 	}
 	if n := len(h.Events); n > 0 && cursor < len(in) && in[cursor].Revision <= h.Events[n-1].Revision {
 		return fmt.Errorf("%w: ground truth %s is missing at the end (last delivered revision %d)",
-			chaosErrReliable, chaosFmtTruth(in[cursor]), h.Events[n-1].Revision)
+			errChaosReliable, chaosFmtTruth(in[cursor]), h.Events[n-1].Revision)
 	}
 	return nil
 }
@@ -423,7 +423,7 @@ func chaosCheckResumable(h chaosHistory, truth []chaosTruth) error {
 	for n, r := range h.Restarts {
 		if r.At > 0 && r.At <= len(h.Events) && h.Events[r.At-1].Revision != r.LastRev {
 			return fmt.Errorf("%w: restart %d records last delivered revision %d, but %s precedes it",
-				chaosErrResumable, n, r.LastRev, chaosFmt(r.At-1, h.Events[r.At-1]))
+				errChaosResumable, n, r.LastRev, chaosFmt(r.At-1, h.Events[r.At-1]))
 		}
 		if r.ReadRev != 0 || r.At >= len(h.Events) {
 			continue
@@ -432,7 +432,7 @@ func chaosCheckResumable(h chaosHistory, truth []chaosTruth) error {
 		j := slices.IndexFunc(in, func(t chaosTruth) bool { return t.Revision > r.LastRev })
 		if j < 0 {
 			return fmt.Errorf("%w: restart %d after revision %d delivered %s, but the ground truth has no later change",
-				chaosErrResumable, n, r.LastRev, chaosFmt(r.At, e))
+				errChaosResumable, n, r.LastRev, chaosFmt(r.At, e))
 		}
 		first := in[j]
 		sameRev := false
@@ -444,7 +444,7 @@ func chaosCheckResumable(h chaosHistory, truth []chaosTruth) error {
 		}
 		if e.Revision != first.Revision || !sameRev {
 			return fmt.Errorf("%w: restart %d resumed after revision %d with %s, want the first change after it, %s",
-				chaosErrResumable, n, r.LastRev, chaosFmt(r.At, e), chaosFmtTruth(first))
+				errChaosResumable, n, r.LastRev, chaosFmt(r.At, e), chaosFmtTruth(first))
 		}
 	}
 	return nil
@@ -456,7 +456,7 @@ func chaosCheckFilter(h chaosHistory) error {
 	p := chaosPrefix(h.Prefix)
 	for i, e := range h.Events {
 		if !strings.HasPrefix(e.Key, p) {
-			return fmt.Errorf("%w: %s is outside prefix %q", chaosErrFilter, chaosFmt(i, e), p)
+			return fmt.Errorf("%w: %s is outside prefix %q", errChaosFilter, chaosFmt(i, e), p)
 		}
 	}
 	return nil
@@ -490,20 +490,20 @@ func chaosCheckFlags(h chaosHistory, truth []chaosTruth) error {
 			}
 			kv, ok := states[e.Revision][e.Key]
 			if !ok {
-				return fmt.Errorf("%w: read item %s: the key does not exist at that revision", chaosErrFlags, chaosFmt(i, e))
+				return fmt.Errorf("%w: read item %s: the key does not exist at that revision", errChaosFlags, chaosFmt(i, e))
 			}
 			create, modify = kv.Version == 1, kv.Version > 1
 		default:
 			t, ok := byRevKey[revKey{e.Revision, e.Key}]
 			if !ok {
-				return fmt.Errorf("%w: %s is not in the ground truth", chaosErrFlags, chaosFmt(i, e))
+				return fmt.Errorf("%w: %s is not in the ground truth", errChaosFlags, chaosFmt(i, e))
 			}
 			create = t.CreateRevision == t.Revision
 			modify = !create
 		}
 		if e.IsCreate != create || e.IsModify != modify {
 			return fmt.Errorf("%w: %s has IsCreate %t IsModify %t, want %t %t",
-				chaosErrFlags, chaosFmt(i, e), e.IsCreate, e.IsModify, create, modify)
+				errChaosFlags, chaosFmt(i, e), e.IsCreate, e.IsModify, create, modify)
 		}
 	}
 	return nil
@@ -516,13 +516,13 @@ func chaosCheckReplay(h chaosHistory, final map[string]chaosKV) error {
 	state := map[string]chaosKV{}
 	for i, e := range h.Events {
 		if e.Type == storage.EventTypeError {
-			return fmt.Errorf("%w: %s cannot be replayed", chaosErrReplay, chaosFmt(i, e))
+			return fmt.Errorf("%w: %s cannot be replayed", errChaosReplay, chaosFmt(i, e))
 		}
 		chaosApply(state, e)
 	}
 	if k, ok := chaosStateDiff(state, final); ok {
 		return fmt.Errorf("%w: replay of %d events gives %s = %s, fresh read %s",
-			chaosErrReplay, len(h.Events), k, chaosFmtKV(state, k), chaosFmtKV(final, k))
+			errChaosReplay, len(h.Events), k, chaosFmtKV(state, k), chaosFmtKV(final, k))
 	}
 	return nil
 }
@@ -552,7 +552,7 @@ func chaosCheckCacheMonotonic(reads []chaosCacheRead) error {
 			}
 			if best >= 0 && reads[i].ModRevision < reads[best].ModRevision {
 				return fmt.Errorf("%w: read %d of %s returned mod revision %d after read %d returned %d",
-					chaosErrBackInTime, i, key, reads[i].ModRevision, best, reads[best].ModRevision)
+					errChaosBackInTime, i, key, reads[i].ModRevision, best, reads[best].ModRevision)
 			}
 		}
 	}
