@@ -25,3 +25,18 @@ func CacheRecovery[V Value](c Cache[V]) Recovery { return recoveryOf(c.(*cache[V
 
 // SetMaxPending lowers the backlog bound of a WatchOp (before Watch).
 func SetMaxPending[V Value](op WatchOp[V], n int) { op.(*watchOp[V]).w.maxPending = n }
+
+// Canaries are deliberately broken watch behaviours, by name, for the
+// chaos test's canary runs.
+var Canaries = map[string]canary{
+	"resume-from-header":  canaryResumeFromHeader,
+	"no-relist":           canaryNoRelist,
+	"watch-from-read-rev": canaryWatchFromReadRev,
+	"closed-is-end":       canaryClosedIsEnd,
+}
+
+// SetWatchCanary breaks a WatchOp on purpose (before Watch).
+func SetWatchCanary[V Value](op WatchOp[V], name string) { op.(*watchOp[V]).w.canary = Canaries[name] }
+
+// SetCacheCanary breaks a Cache's watch on purpose (before Start).
+func SetCacheCanary[V Value](c Cache[V], name string) { c.(*cache[V]).w.canary = Canaries[name] }

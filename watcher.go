@@ -34,6 +34,9 @@ type watcher struct {
 	// maxPending bounds the backlog of a slow handler (a field so that
 	// white-box tests can lower it).
 	maxPending int
+	// canary breaks the watch on purpose, for tests that must prove the
+	// chaos test catches such bugs. Always canaryNone outside tests.
+	canary canary
 
 	mu  sync.Mutex // protects run
 	run *watchRun  // nil when no run is in progress (until Close)
@@ -255,7 +258,7 @@ func (w *watcher) watchFrom(ctx context.Context, s sink, rev *int64, failures *i
 	// with ErrNoLeader; a plain watch would stay silent until it heals.
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	opts := append(w.opts[:len(w.opts):len(w.opts)],
-		clientv3.WithRev(*rev+1),
+		clientv3.WithRev(*rev+1-w.canaryOffset()),
 		clientv3.WithProgressNotify(),
 		clientv3.WithFragment(), // a large catch-up never exceeds the receive limit
 	)
@@ -277,6 +280,10 @@ func (w *watcher) watchFrom(ctx context.Context, s sink, rev *int64, failures *i
 		resp, err := q.pop(ctx)
 		if err != nil {
 			return err
+		}
+		if w.canary == canaryNoRelist && resp.CompactRevision != 0 {
+			*rev = resp.CompactRevision - 1 // skips what was compacted
+			return errWatchClosed
 		}
 		if err := classify(w.what, resp); err != nil {
 			return err
@@ -300,6 +307,9 @@ func (w *watcher) watchFrom(ctx context.Context, s sink, rev *int64, failures *i
 			return stopError{fmt.Errorf("%s: %w", w.what, err)}
 		}
 		*rev = resp.Events[len(resp.Events)-1].Kv.ModRevision
+		if w.canary == canaryResumeFromHeader {
+			*rev = resp.Header.Revision
+		}
 	}
 }
 
@@ -317,6 +327,10 @@ func (w *watcher) receive(ctx context.Context, cancel context.CancelFunc, wch cl
 					// clientv3 returns a closed channel at once for a closed
 					// client: retrying would spin.
 					q.stop(stopError{fmt.Errorf("%s: etcd client closed: %w", w.what, err)})
+					return
+				}
+				if w.canary == canaryClosedIsEnd {
+					q.stop(stopError{errWatchClosed})
 					return
 				}
 				q.stop(errWatchClosed)
@@ -561,6 +575,26 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 	case <-ctx.Done():
 		return false
 	}
+}
+
+// canary names a deliberately broken watch behaviour. Tests set one to
+// check that the chaos test's checkers catch it; nothing else does.
+type canary int
+
+const (
+	canaryNone             canary = iota
+	canaryResumeFromHeader        // resume from the response header, which can run ahead of events
+	canaryNoRelist                // on compaction, skip to the compact revision without re-reading
+	canaryWatchFromReadRev        // watch from the read revision instead of the next one
+	canaryClosedIsEnd             // treat a closed watch channel as the end of the stream
+)
+
+// canaryOffset is 1 when the watch must start one revision early (canary).
+func (w *watcher) canaryOffset() int64 {
+	if w.canary == canaryWatchFromReadRev {
+		return 1
+	}
+	return 0
 }
 
 // goid returns the current goroutine's id, parsed from its stack header
