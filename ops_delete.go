@@ -137,6 +137,9 @@ func (d *deleteValueOp[V]) Exec(ctx context.Context) error {
 }
 
 func (d *deleteValueOp[V]) ClientOp(context.Context) (clientv3.Op, error) {
+	if isNil(d.val) {
+		return clientv3.Op{}, fmt.Errorf("%s: %w", d.describe(), errNilValue)
+	}
 	if err := checkSingleKeyOptions(d.describe(), d.opts); err != nil {
 		return clientv3.Op{}, err
 	}

@@ -94,6 +94,9 @@ func (p *putOp[V]) Exec(ctx context.Context) error {
 func (p *putOp[V]) describe() string { return p.kind.String() + " " + p.key }
 
 func (p *putOp[V]) ClientOp(ctx context.Context) (clientv3.Op, error) {
+	if isNil(p.val) {
+		return clientv3.Op{}, fmt.Errorf("%s: %w", p.describe(), errNilValue)
+	}
 	if p.hasTTL && p.ttl <= 0 {
 		return clientv3.Op{}, fmt.Errorf("%s: TTL must be positive, got %v", p.describe(), p.ttl)
 	}

@@ -565,3 +565,35 @@ func TestConcurrentReadModifyWrite(t *testing.T) {
 		require.Equal(t, int64(workers*times+1), got.Version())
 	})
 }
+
+func TestNilValuesAreRefused(t *testing.T) {
+	client := newClient(t)
+	ctx := testContext(t)
+	var nilHost *host
+	ops := map[string]storage.TxnOperation{
+		"put":          storage.NewPutOp(client, "/nil/put", nilHost).WithUpdatedVersion(),
+		"create":       storage.NewCreateOp(client, "/nil/create", nilHost),
+		"update":       storage.NewUpdateOp(client, "/nil/update", nilHost),
+		"delete value": storage.NewDeleteValueOp(client, "/nil/delete", nilHost),
+	}
+	for name, op := range ops {
+		t.Run(name+" alone is an error naming the key", func(t *testing.T) {
+			var err error
+			switch op := op.(type) {
+			case storage.PutOp[*host]:
+				err = op.Exec(ctx)
+			case storage.DeleteValueOp[*host]:
+				err = op.Exec(ctx)
+			}
+			require.ErrorContains(t, err, "/nil/")
+			require.ErrorContains(t, err, "nil value")
+		})
+		t.Run(name+" in a txn is an error and nothing is written", func(t *testing.T) {
+			err := storage.NewTxn(client, storage.NewPutOp(client, "/nil/other", &host{Name: "x"}), op).Commit(ctx)
+			require.ErrorContains(t, err, "nil value")
+			resp, err := client.Get(ctx, "/nil/", clientv3.WithPrefix())
+			require.NoError(t, err)
+			require.Zero(t, resp.Count)
+		})
+	}
+}

@@ -128,10 +128,6 @@ func commitOnce(ctx context.Context, client *clientv3.Client, ops []TxnOperation
 	if err != nil {
 		return err
 	}
-	var cmps []clientv3.Cmp
-	for _, op := range ops {
-		cmps = append(cmps, op.Cmps()...)
-	}
 	for i, op := range ops {
 		if _, ok := op.(txnKeyer); !ok {
 			continue // built by checkDuplicates
@@ -139,6 +135,12 @@ func commitOnce(ctx context.Context, client *clientv3.Client, ops []TxnOperation
 		if clientOps[i], err = op.ClientOp(ctx); err != nil {
 			return err
 		}
+	}
+	// Compares are collected after every op was built: building refuses
+	// what a compare could not handle, such as a nil value.
+	var cmps []clientv3.Cmp
+	for _, op := range ops {
+		cmps = append(cmps, op.Cmps()...)
 	}
 	if len(ops) == 1 && len(cmps) == 0 {
 		return commitOne(ctx, client, ops[0], clientOps[0])

@@ -132,6 +132,19 @@ type gzipReader struct {
 	lim io.LimitedReader
 }
 
+// errNilValue refuses a nil value: it would be stored as JSON null, which
+// no reader accepts, and has no version to compare.
+var errNilValue = errors.New("nil value")
+
+// isNil reports whether v is nil or a nil pointer.
+func isNil(v any) bool {
+	if v == nil {
+		return true
+	}
+	rv := reflect.ValueOf(v)
+	return rv.Kind() == reflect.Pointer && rv.IsNil()
+}
+
 // encodeValue returns the stored bytes of v: its JSON, gzip-compressed when
 // the JSON is compressThreshold bytes or longer.
 func encodeValue(key string, v any) ([]byte, error) {
