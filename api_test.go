@@ -146,8 +146,47 @@ var (
 	_ apiDeleteValueOp             = storage.DeleteValueOp[*host](nil)
 )
 
-// ---- Watch and cache names (the lead adds these): NewWatchOp,
-// NewWatchPrefixOp, Event, EventType, WatchOp, NewCache, Cache. ----
+// The watch and cache half of the page.
+var (
+	_ func(*clientv3.Client, string, ...clientv3.OpOption) storage.WatchOp[*host] = storage.NewWatchOp[*host]
+	_ func(*clientv3.Client, string, ...clientv3.OpOption) storage.WatchOp[*host] = storage.NewWatchPrefixOp[*host]
+	_ func(*clientv3.Client, string, func(v *host) string) storage.Cache[*host]   = storage.NewCache[*host]
+	_ storage.EventType                                                           = storage.EventTypePut
+	_ storage.EventType                                                           = storage.EventTypeDelete
+	_ storage.EventType                                                           = storage.EventTypeError
+	_ storage.EventType                                                           = storage.EventTypeUnknown
+	_                                                                             = storage.Event[*host]{
+		Err: nil, Type: storage.EventTypePut, Key: "", Value: (*host)(nil),
+		IsCreate: false, IsModify: false, Revision: 0,
+	}
+	_ storage.WatchOp[*host] = apiWatchOp(nil)
+	_ apiWatchOp             = storage.WatchOp[*host](nil)
+	_ storage.Cache[*host]   = apiCache(nil)
+	_ apiCache               = storage.Cache[*host](nil)
+)
+
+type (
+	apiWatchOp interface {
+		Watch(ctx context.Context, handle func(e *storage.Event[*host]) error) error
+		Close()
+		Error() <-chan error
+		PropagateErrors(ctx context.Context, ch chan error)
+	}
+	apiCache interface {
+		Start(ctx context.Context) error
+		Put(item *host, options ...clientv3.OpOption) storage.PutOp[*host]
+		Create(item *host, options ...clientv3.OpOption) storage.PutOp[*host]
+		Update(item *host, options ...clientv3.OpOption) storage.PutOp[*host]
+		DeleteByKey(key string, options ...clientv3.OpOption) storage.DeleteOp
+		DeleteValue(item *host, options ...clientv3.OpOption) storage.DeleteValueOp[*host]
+		DeletePrefix(prefix string, options ...clientv3.OpOption) storage.DeleteOp
+		Get(key string) storage.GetOp[*host]
+		GetPrefix(prefix string) storage.GetMultipleOp[*host]
+		Stop()
+		Error() <-chan error
+		PropagateErrors(ctx context.Context, ch chan error)
+	}
+)
 
 func TestAPISentinelErrorsKeepThePageTexts(t *testing.T) {
 	for _, tc := range []struct {
