@@ -37,6 +37,13 @@ type watcher struct {
 	// canary breaks the watch on purpose, for tests that must prove the
 	// chaos test catches such bugs. Always canaryNone outside tests.
 	canary canary
+	// onRestart, set only by tests before a run, is called from the
+	// goroutine that delivers: before a read's items are delivered (readRev
+	// the read's revision; lastRev 0 for the initial read, else the revision
+	// the watch had reached) and before the watch resumes after a failure
+	// (lastRev the revision it resumes after, readRev 0). The chaos test
+	// needs it to place internal restarts in a delivered history.
+	onRestart func(lastRev, readRev int64)
 
 	mu  sync.Mutex // protects run
 	run *watchRun  // nil when no run is in progress (until Close)
@@ -160,7 +167,7 @@ func (w *watcher) start(ctx context.Context, s sink) error {
 	w.mu.Unlock()
 
 	run.caller.Store(goid())
-	rev, err := w.read(ctx, s)
+	rev, err := w.read(ctx, s, 0)
 	run.caller.Store(0)
 	if err != nil || context.Cause(ctx) == errClosed {
 		cancel(nil)
@@ -212,17 +219,21 @@ func (w *watcher) close() {
 // (compaction), back off and resume (recoverable), or stop (everything else).
 func (w *watcher) loop(ctx context.Context, run *watchRun, s sink, rev int64) {
 	var failures int
-	relist := false
+	relist, resuming := false, false
 	for {
 		var err error
 		if relist {
 			w.relists.Add(1)
 			var newRev int64
-			if newRev, err = w.read(ctx, s); err == nil {
-				rev, failures, relist = newRev, 0, false
+			if newRev, err = w.read(ctx, s, rev); err == nil {
+				rev, failures, relist, resuming = newRev, 0, false, false
 				continue
 			}
 		} else {
+			if resuming && w.onRestart != nil {
+				w.onRestart(rev, 0)
+			}
+			resuming = false
 			err = w.watchFrom(ctx, s, &rev, &failures)
 		}
 		switch {
@@ -237,6 +248,7 @@ func (w *watcher) loop(ctx context.Context, run *watchRun, s sink, rev int64) {
 			return
 		}
 		w.resumes.Add(1)
+		resuming = true
 		if !sleepCtx(ctx, backoff(failures)) {
 			continue // the context check above ends the run
 		}
@@ -260,7 +272,10 @@ func (w *watcher) watchFrom(ctx context.Context, s sink, rev *int64, failures *i
 	opts := append(w.opts[:len(w.opts):len(w.opts)],
 		clientv3.WithRev(*rev+1-w.canaryOffset()),
 		clientv3.WithProgressNotify(),
-		clientv3.WithFragment(), // a large catch-up never exceeds the receive limit
+		// The server splits a large catch-up into fragments of at most its
+		// request limit plus 512 KiB; a response still too large for the
+		// client's receive limit makes classify ask for a paged re-read.
+		clientv3.WithFragment(),
 	)
 	if w.end != "" {
 		opts = append(opts, clientv3.WithRange(w.end))
@@ -429,14 +444,21 @@ func classify(what string, resp clientv3.WatchResponse) error {
 		return fmt.Errorf("%s: compacted at %d: %w", what, resp.CompactRevision, errCompacted)
 	case err == nil:
 		return nil
+	case status.Code(err) == codes.ResourceExhausted:
+		// etcd fragments a catch-up at its own request limit (plus 512 KiB),
+		// not at the client's receive limit, so the same response would fail
+		// on every resume. A paged re-read, halving its pages on the same
+		// error, catches up instead (intermediate versions are not replayed).
+		return fmt.Errorf("%s: response exceeds the client's receive limit: %w: %w", what, errCompacted, err)
 	case isAuthError(err):
 		return stopError{fmt.Errorf("%s: %w", what, err)}
 	}
 	return fmt.Errorf("%s: %w", what, err)
 }
 
-// read reads the whole key or prefix and resets the sink to it.
-func (w *watcher) read(ctx context.Context, s sink) (int64, error) {
+// read reads the whole key or prefix and resets the sink to it; from is the
+// revision the watch had reached (0 for the initial read).
+func (w *watcher) read(ctx context.Context, s sink, from int64) (int64, error) {
 	kvs, rev, err := w.readAll(ctx)
 	if err != nil {
 		if isAuthError(err) {
@@ -447,6 +469,9 @@ func (w *watcher) read(ctx context.Context, s sink) (int64, error) {
 			return 0, stopError{fmt.Errorf("%s: etcd client closed: %w", w.what, cerr)}
 		}
 		return 0, err
+	}
+	if w.onRestart != nil {
+		w.onRestart(from, rev)
 	}
 	if err := s.reset(ctx, kvs, rev); err != nil {
 		return 0, stopError{fmt.Errorf("%s: %w", w.what, err)}
@@ -460,6 +485,9 @@ func (w *watcher) read(ctx context.Context, s sink) (int64, error) {
 func (w *watcher) readAll(ctx context.Context) ([]*mvccpb.KeyValue, int64, error) {
 	if w.end == "" {
 		resp, err := w.client.Get(ctx, w.key)
+		if status.Code(err) == codes.ResourceExhausted {
+			return nil, 0, stopError{fmt.Errorf("%s: read: the value exceeds the client's receive limit (MaxCallRecvMsgSize): %w", w.what, err)}
+		}
 		if err != nil {
 			return nil, 0, fmt.Errorf("%s: read: %w", w.what, err)
 		}
@@ -474,7 +502,12 @@ func (w *watcher) readAll(ctx context.Context) ([]*mvccpb.KeyValue, int64, error
 			opts = append(opts, clientv3.WithRev(rev))
 		}
 		resp, err := w.client.Get(ctx, start, opts...)
-		if status.Code(err) == codes.ResourceExhausted && limit > 1 {
+		if status.Code(err) == codes.ResourceExhausted {
+			if limit == 1 {
+				// One value is larger than the client may receive: no retry
+				// can ever read it.
+				return nil, 0, stopError{fmt.Errorf("%s: read from %q: a value exceeds the client's receive limit (MaxCallRecvMsgSize): %w", w.what, start, err)}
+			}
 			limit /= 2
 			continue
 		}
