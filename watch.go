@@ -67,6 +67,13 @@ type WatchOp[V Value] interface {
 	// keys, deletes for keys that vanished; intermediate versions are gone).
 	// Retries back off exponentially from 50 ms up to 2 s, jittered.
 	//
+	// A slow handler never makes memory grow without bound: when more than
+	// 1,000 received events wait for it, the watch cancels its stream and,
+	// once handle has caught up, resumes from the last delivered revision. A
+	// response too large for the client's receive limit is replaced by a
+	// paged re-read, as after a compaction; a single value larger than that
+	// limit stops the run.
+	//
 	// ctx governs the goroutine: cancelling it stops the watch and sends the
 	// context's error on Error(). An error returned by handle, a closed
 	// client or an authentication error also stop it with one error on
