@@ -1,4 +1,4 @@
-# Targets: test (the one CI and the README use), lint, bench, fuzz, demo.
+# Targets: test (the one CI and the README use), lint, bench, fuzz, demo, chaos, chaos-canary.
 # PKGS narrows any target to some packages, e.g. make test PKGS=./storagetest/...
 
 SHELL := bash
@@ -16,7 +16,7 @@ BENCHSTAT   := golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4d
 
 FUZZTIME ?= 30s
 
-.PHONY: test lint bench fuzz demo
+.PHONY: test lint bench fuzz demo chaos chaos-canary
 
 ## test: go vet, then every test with -race; fails on any failure or skip.
 test:
@@ -28,11 +28,27 @@ lint:
 	go run $(STATICCHECK) $(PKGS)
 	go run $(REVIVE) -set_exit_status -config revive.toml $(PKGS)
 
-## bench: every benchmark ten times into bench.txt, summarised by benchstat.
-## Compare two runs with: go run $(BENCHSTAT) old.txt bench.txt
+# bench knobs: BENCH selects benchmarks (a -bench regexp), BENCHCOUNT is the
+# number of samples, BENCHTIME the time per sample. A full run takes about
+# BENCHCOUNT minutes on 2 cores.
+BENCH      ?= .
+BENCHCOUNT ?= 10
+BENCHTIME  ?= 500ms
+
+## bench: every benchmark BENCHCOUNT (10) times into bench.txt, then benchstat
+## with lib beside its baselines and the ratios of medians against the
+## targets (internal/benchratio; BENCHMARKS.md). The samples are interleaved:
+## each round runs every benchmark once (-count=1), so drift on a shared
+## machine hits lib and raw alike, where -count=10 would run lib ten times,
+## then raw ten times; every other round runs the baselines before lib
+## (BENCH_RAW_FIRST=1). Compare two runs with: go run $(BENCHSTAT) old.txt bench.txt
 bench:
-	go test -run '^$$' -bench . -benchmem -count=10 $(PKGS) | tee bench.txt
-	go run $(BENCHSTAT) bench.txt
+	rm -f bench.txt
+	for i in $$(seq $(BENCHCOUNT)); do \
+		BENCH_RAW_FIRST=$$((i % 2 == 0)) go test -run '^$$' -bench '$(BENCH)' -benchmem -count=1 -benchtime=$(BENCHTIME) $(PKGS) | tee -a bench.txt; \
+	done
+	go run $(BENCHSTAT) -col /impl bench.txt
+	go run ./internal/benchratio bench.txt
 
 ## fuzz: each Fuzz target in turn for FUZZTIME (go test -fuzz takes one at a time).
 fuzz:
@@ -47,3 +63,13 @@ fuzz:
 ## demo: run the demo program.
 demo:
 	go run ./cmd/storage-demo
+
+## chaos: the chaos test (chaos_test.go), runs started for CHAOS_DURATION
+## (5m); replay one run with CHAOS_SEED=N. make test runs it for 45s.
+CHAOS_DURATION ?= 5m
+chaos:
+	CHAOS_DURATION=$(CHAOS_DURATION) go test -race -count=1 -timeout 30m -run '^TestChaos$$' -v .
+
+## chaos-canary: one run per canary; each must be caught by the checkers.
+chaos-canary:
+	go test -race -count=1 -run '^TestChaosCanaries$$' -v .

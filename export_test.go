@@ -40,3 +40,12 @@ func SetWatchCanary[V Value](op WatchOp[V], name string) { op.(*watchOp[V]).w.ca
 
 // SetCacheCanary breaks a Cache's watch on purpose (before Start).
 func SetCacheCanary[V Value](c Cache[V], name string) { c.(*cache[V]).w.canary = Canaries[name] }
+
+// SetWatchRestartHook has a WatchOp call f (before Watch) from the goroutine
+// that calls the handler: before the items of every read (readRev the read's
+// revision, lastRev 0 for the initial read, else the revision reached) and
+// before every resume after a failure (lastRev the revision it resumes after,
+// readRev 0).
+func SetWatchRestartHook[V Value](op WatchOp[V], f func(lastRev, readRev int64)) {
+	op.(*watchOp[V]).w.onRestart = f
+}

@@ -247,6 +247,9 @@ func (w *watcher) loop(ctx context.Context, run *watchRun, s sink, rev int64) {
 			w.halt(run, s, err)
 			return
 		}
+		if w.canary == canaryClosedIsEnd {
+			return // as a naive "for resp := range wch" loop ends, silently
+		}
 		w.resumes.Add(1)
 		resuming = true
 		if !sleepCtx(ctx, backoff(failures)) {
@@ -342,10 +345,6 @@ func (w *watcher) receive(ctx context.Context, cancel context.CancelFunc, wch cl
 					// clientv3 returns a closed channel at once for a closed
 					// client: retrying would spin.
 					q.stop(stopError{fmt.Errorf("%s: etcd client closed: %w", w.what, err)})
-					return
-				}
-				if w.canary == canaryClosedIsEnd {
-					q.stop(stopError{errWatchClosed})
 					return
 				}
 				q.stop(errWatchClosed)
@@ -619,7 +618,7 @@ const (
 	canaryResumeFromHeader        // resume from the response header, which can run ahead of events
 	canaryNoRelist                // on compaction, skip to the compact revision without re-reading
 	canaryWatchFromReadRev        // watch from the read revision instead of the next one
-	canaryClosedIsEnd             // treat a closed watch channel as the end of the stream
+	canaryClosedIsEnd             // treat the end of a watch channel as the end of the stream
 )
 
 // canaryOffset is 1 when the watch must start one revision early (canary).
