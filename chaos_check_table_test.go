@@ -272,6 +272,10 @@ func TestChaosCheckResumable(t *testing.T) {
 	chaosRun(t, errChaosResumable, check, []chaosCase{
 		{name: "a resume at the next change is accepted", h: chaosGoodHistory()},
 		{name: "a resume bridged by a re-read is accepted", h: chaosBridgedHistory()},
+		{name: "a failed resume followed by a re-read at the same event is accepted",
+			h: chaosEdit(chaosBridgedHistory(), func(h *chaosHistory) {
+				h.Restarts = append([]chaosRestart{{At: 4, LastRev: 4}}, h.Restarts...)
+			})},
 		{name: "a restart with nothing after it is accepted",
 			h: chaosEdit(chaosGoodHistory(), func(h *chaosHistory) { h.Events = h.Events[:5] })},
 		{name: "a resume that skips its first event is rejected", h: chaosResumeSkips(), bad: true},

@@ -418,6 +418,13 @@ func chaosCheckReliable(h chaosHistory, truth []chaosTruth) error {
 // after the restart's last delivered revision (a change of that revision; the
 // rest of it is rule 3's). The restart's LastRev must be the revision of the
 // event before it. A restart bridged by a re-read is rule 4's.
+// chaosBridgedAt reports whether a re-read happened at event index at: a
+// resume that delivered nothing before the watch had to re-read is judged
+// by the re-read (check 4), not by its first event.
+func chaosBridgedAt(restarts []chaosRestart, at int) bool {
+	return slices.ContainsFunc(restarts, func(r chaosRestart) bool { return r.At == at && r.ReadRev != 0 })
+}
+
 func chaosCheckResumable(h chaosHistory, truth []chaosTruth) error {
 	in := chaosInPrefix(truth, h.Prefix)
 	for n, r := range h.Restarts {
@@ -425,7 +432,7 @@ func chaosCheckResumable(h chaosHistory, truth []chaosTruth) error {
 			return fmt.Errorf("%w: restart %d records last delivered revision %d, but %s precedes it",
 				errChaosResumable, n, r.LastRev, chaosFmt(r.At-1, h.Events[r.At-1]))
 		}
-		if r.ReadRev != 0 || r.At >= len(h.Events) {
+		if r.ReadRev != 0 || r.At >= len(h.Events) || chaosBridgedAt(h.Restarts, r.At) {
 			continue
 		}
 		e := h.Events[r.At]
