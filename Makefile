@@ -29,8 +29,8 @@ lint:
 	go run $(REVIVE) -set_exit_status -config revive.toml $(PKGS)
 
 # bench knobs: BENCH selects benchmarks (a -bench regexp), BENCHCOUNT is the
-# number of samples, BENCHTIME the time per sample. A full run takes about
-# BENCHCOUNT minutes on 2 cores.
+# number of samples, BENCHTIME the time per sample. A round of every
+# benchmark takes about 45 s on 2 cores, so the default run about 7 minutes.
 BENCH      ?= .
 BENCHCOUNT ?= 10
 BENCHTIME  ?= 500ms

@@ -139,6 +139,11 @@ func commitOnce(ctx context.Context, client *clientv3.Client, ops []TxnOperation
 	// Compares are collected after every op was built: building refuses
 	// what a compare could not handle, such as a nil value.
 	var cmps []clientv3.Cmp
+	if len(ops) > 1 {
+		// Sized for one compare per op, as the package's conditional ops
+		// have; a lone op, often a plain put, needs no slice at all.
+		cmps = make([]clientv3.Cmp, 0, len(ops))
+	}
 	for _, op := range ops {
 		cmps = append(cmps, op.Cmps()...)
 	}
@@ -221,7 +226,7 @@ func finish(ops []TxnOperation, prevKVs map[string]*mvccpb.KeyValue) {
 // unless a compare on the key is on its value (an op from elsewhere may send
 // one): telling whether that compare held needs the value.
 func readCompared(cmps []clientv3.Cmp) []clientv3.Op {
-	var keys []string
+	keys := make([]string, 0, len(cmps))
 	needValue := make(map[string]bool, len(cmps))
 	for _, c := range cmps {
 		key := string(c.KeyBytes())
