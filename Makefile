@@ -14,7 +14,7 @@ REVIVE      := github.com/mgechev/revive@v1.12.0
 # golang.org/x/perf has no tagged versions: this is a pseudo-version of its master.
 BENCHSTAT   := golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da
 
-FUZZTIME ?= 30s
+FUZZTIME ?= 1m
 
 .PHONY: test lint bench fuzz demo chaos chaos-canary
 
@@ -50,7 +50,7 @@ bench:
 	go run $(BENCHSTAT) -col /impl bench.txt
 	go run ./internal/benchratio bench.txt
 
-## fuzz: each Fuzz target in turn for FUZZTIME (go test -fuzz takes one at a time).
+## fuzz: each Fuzz target in turn for FUZZTIME (1m) (go test -fuzz takes one at a time).
 fuzz:
 	pkgs=$$(go list $(PKGS)); \
 	for pkg in $$pkgs; do \

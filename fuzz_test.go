@@ -87,6 +87,7 @@ func FuzzKey(f *testing.F) {
 	for _, seed := range [][2]string{
 		{"a", "b"}, {"", ""}, {"/", "/"}, {"a//b/../c", ""}, {"..", "a"},
 		{"a/", "/b/"}, {"./.", "..."}, {"\x00", "ü"}, {"a b", "c\\d"},
+		{"\xff\xfe", "a"}, {"a\x00b", "\xc3"}, {"ab", "\xff"},
 	} {
 		f.Add(seed[0], seed[1])
 	}
