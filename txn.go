@@ -162,7 +162,7 @@ func commitOnce(ctx context.Context, client *clientv3.Client, ops []TxnOperation
 		op.UpdateRevision(resp.Header.Revision)
 	}
 	if !resp.Succeeded {
-		return explainFailure(ops, resp.Responses)
+		return explainFailure(ops, clientOps, resp.Responses)
 	}
 	prevKVs := make(map[string]*mvccpb.KeyValue)
 	for i, r := range resp.Responses {
@@ -247,8 +247,9 @@ func readCompared(cmps []clientv3.Cmp) []clientv3.Op {
 }
 
 // explainFailure builds the error of a failed transaction from the else
-// branch's reads: each failed op, and why.
-func explainFailure(ops []TxnOperation, reads []*pb.ResponseOp) error {
+// branch's reads: each failed op, and why. An op from elsewhere is named by
+// the kind and key of the op it sent.
+func explainFailure(ops []TxnOperation, clientOps []clientv3.Op, reads []*pb.ResponseOp) error {
 	stored := make(map[string]*mvccpb.KeyValue)
 	for _, r := range reads {
 		for _, kv := range r.GetResponseRange().GetKvs() {
@@ -265,7 +266,8 @@ func explainFailure(ops []TxnOperation, reads []*pb.ResponseOp) error {
 		}
 		for _, c := range op.Cmps() {
 			if !cmpHolds(c, stored[string(c.KeyBytes())]) {
-				failed = append(failed, fmt.Errorf("op %d: compare on %s failed", i, c.KeyBytes()))
+				failed = append(failed, fmt.Errorf("%s %s: compare on %s failed",
+					opKind(clientOps[i]), clientOps[i].KeyBytes(), c.KeyBytes()))
 			}
 		}
 	}

@@ -638,7 +638,7 @@ func TestTxnForeignOp(t *testing.T) {
 		err := storage.NewTxn(client, create, foreign).Commit(testContext(t))
 
 		require.ErrorIs(t, err, storage.ErrOperationConstraintViolated)
-		require.ErrorContains(t, err, "compare on /x failed")
+		require.ErrorContains(t, err, "put /f: compare on /x failed")
 		require.NotContains(t, err.Error(), "/c", "the create's compare held")
 		assert.Nil(t, txnStored(t, client, "/f"))
 		assert.Nil(t, txnStored(t, client, "/c"))
