@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 	"weak"
@@ -17,15 +18,25 @@ import (
 //
 // The bound of WithTTL(d) holds for a new or a reused lease alike: the lease
 // has a TTL of ceil(d + 0.5s) seconds (so the key is gone at most that long
-// after Exec, plus etcd's expiry check), and it is handed out only while it
-// has at least d (plus leaseMargin) left, counted from before its grant was
-// sent, so the key lives at least d. Leases are grouped by their TTL in
-// seconds; each group holds one current lease, and the leases it replaced
-// expire by themselves, so live leases stay bounded.
+// after Exec returns, plus etcd's expiry check), and it is handed out only
+// while it has at least d (plus leaseMargin) left, counted from before its
+// grant was sent, so the key lives at least d. That is counted from when the
+// lease is handed out, which is after Exec or Commit was called, not from when
+// the request is sent: a Txn builds its ops one after another, and a later
+// op's lease grant delays the request that carries an earlier op's lease.
+// Leases are grouped by their TTL in seconds; each group holds one current
+// lease, and the leases it replaced expire by themselves, so live leases stay
+// bounded.
 
 // leaseMargin covers the time between handing out a lease and the server
 // receiving the put that uses it.
 const leaseMargin = 100 * time.Millisecond
+
+// maxLeaseTTL is etcd's maximum lease TTL in seconds (MaxLeaseTTL in
+// go.etcd.io/etcd/server/v3/lease, v3.6 and v3.7); a larger grant is refused.
+// In nanoseconds it fits a time.Duration with room for the half second of
+// headroom and leaseMargin, so no lease arithmetic below overflows.
+const maxLeaseTTL = 9_000_000_000
 
 // leaseManager holds the current lease of each TTL group for one client.
 type leaseManager struct {
@@ -87,7 +98,9 @@ func grantLease(ctx context.Context, client *clientv3.Client, ttl time.Duration)
 		return 0, fmt.Errorf("grant lease of %ds: %w", seconds, err)
 	}
 	m.mu.Lock()
-	m.leases[seconds] = grantedLease{id: resp.ID, expires: sent.Add(time.Duration(resp.TTL) * time.Second)}
+	// etcd grants at most maxLeaseTTL; min keeps the product in range
+	// whatever a server answers.
+	m.leases[seconds] = grantedLease{id: resp.ID, expires: sent.Add(time.Duration(min(resp.TTL, maxLeaseTTL)) * time.Second)}
 	m.mu.Unlock()
 	return resp.ID, nil
 }
@@ -103,17 +116,34 @@ func (m *leaseManager) current(seconds int64, ttl time.Duration) (clientv3.Lease
 	return l.id, true
 }
 
-// forget drops every current lease, after etcd said one of them is gone
-// (revoked by someone else, or lost). It reports whether any was held.
-func (m *leaseManager) forget() bool {
+// forget drops the leases with these ids from their groups, after etcd said they are
+// gone (revoked by someone else, or lost with a restored cluster). A group
+// that holds another lease by now keeps it: a put that failed with the old
+// lease must not drop the one a concurrent retry has just granted.
+func (m *leaseManager) forget(ids []clientv3.LeaseID) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	held := len(m.leases) > 0
-	clear(m.leases)
-	return held
+	for seconds, l := range m.leases {
+		if slices.Contains(ids, l.id) {
+			delete(m.leases, seconds)
+		}
+	}
 }
 
-// leaseSeconds is ceil(ttl + 0.5s) in seconds.
+// leaseSeconds is ceil(ttl + 0.5s) in seconds, at most maxLeaseTTL (a ttl
+// within the last half second below it loses its headroom, not its bound).
+// ttl must be positive and at most maxLeaseTTL seconds (see checkTTL).
 func leaseSeconds(ttl time.Duration) int64 {
-	return int64((ttl + time.Second/2 + time.Second - 1) / time.Second)
+	return min(int64((ttl+time.Second/2+time.Second-1)/time.Second), maxLeaseTTL)
+}
+
+// checkTTL refuses a ttl that no lease can carry: what names the op and key.
+func checkTTL(what string, ttl time.Duration) error {
+	switch {
+	case ttl <= 0:
+		return fmt.Errorf("%s: TTL must be positive, got %v", what, ttl)
+	case ttl > maxLeaseTTL*time.Second:
+		return fmt.Errorf("%s: TTL %v exceeds etcd's maximum lease TTL of %ds", what, ttl, int64(maxLeaseTTL))
+	}
+	return nil
 }

@@ -66,14 +66,22 @@ func (d *deleteOp) ClientOp(context.Context) (clientv3.Op, error) {
 		}
 		return checkedOp(d.describe(), func() clientv3.Op { return clientv3.OpDelete(d.key, d.opts...) })
 	}
-	if d.key == "" || d.key == "/" {
-		return clientv3.Op{}, fmt.Errorf("delete prefix %q: refusing to delete the whole keyspace", d.key)
+	if err := d.checkKey(); err != nil {
+		return clientv3.Op{}, err
 	}
 	if o := inspectOptions(d.opts); o.RangeBytes() != nil || o.IsOptsWithFromKey() {
 		return clientv3.Op{}, fmt.Errorf("%s: invalid option: a range conflicts with the prefix", d.describe())
 	}
 	opts := append(d.opts[:len(d.opts):len(d.opts)], clientv3.WithPrefix())
 	return checkedOp(d.describe(), func() clientv3.Op { return clientv3.OpDelete(d.key, opts...) })
+}
+
+// checkKey refuses a prefix delete of the whole keyspace.
+func (d *deleteOp) checkKey() error {
+	if d.prefix && (d.key == "" || d.key == "/") {
+		return fmt.Errorf("delete prefix %q: refusing to delete the whole keyspace", d.key)
+	}
+	return nil
 }
 
 func (d *deleteOp) Cmps() []clientv3.Cmp { return nil }

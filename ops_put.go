@@ -41,8 +41,9 @@ type putOp[V Value] struct {
 	ttl           time.Duration
 	hasTTL        bool
 	updateVersion bool
-	want          expectation // the compare sent by the last Cmps
-	data          []byte      // the bytes sent by the last ClientOp
+	want          expectation      // the compare sent by the last Cmps
+	data          []byte           // the bytes sent by the last ClientOp
+	lease         clientv3.LeaseID // the shared lease attached by the last ClientOp, 0 if none
 	revision      int64
 }
 
@@ -97,8 +98,11 @@ func (p *putOp[V]) ClientOp(ctx context.Context) (clientv3.Op, error) {
 	if isNil(p.val) {
 		return clientv3.Op{}, fmt.Errorf("%s: %w", p.describe(), errNilValue)
 	}
-	if p.hasTTL && p.ttl <= 0 {
-		return clientv3.Op{}, fmt.Errorf("%s: TTL must be positive, got %v", p.describe(), p.ttl)
+	p.lease = 0
+	if p.hasTTL {
+		if err := checkTTL(p.describe(), p.ttl); err != nil {
+			return clientv3.Op{}, err
+		}
 	}
 	if p.cache != nil {
 		if err := p.cache.checkWrite(p.key); err != nil {
@@ -117,6 +121,10 @@ func (p *putOp[V]) ClientOp(ctx context.Context) (clientv3.Op, error) {
 	if p.hasTTL {
 		// Check the caller's options before a lease is granted for nothing.
 		if len(p.opts) > 0 {
+			if setsLease(p.opts) {
+				// Ours would silently replace it: the last WithLease wins.
+				return clientv3.Op{}, fmt.Errorf("%s: invalid option: a caller's WithLease conflicts with WithTTL, which attaches a lease of its own", p.describe())
+			}
 			if _, err := p.build("", opts); err != nil {
 				return clientv3.Op{}, err
 			}
@@ -125,6 +133,7 @@ func (p *putOp[V]) ClientOp(ctx context.Context) (clientv3.Op, error) {
 		if err != nil {
 			return clientv3.Op{}, fmt.Errorf("%s: %w", p.describe(), err)
 		}
+		p.lease = lease
 		opts = append(opts[:len(opts):len(opts)], clientv3.WithLease(lease))
 	}
 	return p.build(string(data), opts)
@@ -154,9 +163,14 @@ func (p *putOp[V]) Cmps() []clientv3.Cmp {
 }
 
 // failure explains why the op's compare did not hold against the key as the
-// else branch read it (nil if it does not exist); nil if it held.
+// else branch read it (nil if it does not exist); nil if it held, or if the
+// op sent none: another op's compare on the same key may have failed, which
+// is not this op's failure.
 func (p *putOp[V]) failure(kv *mvccpb.KeyValue) error {
-	if p.kind == putCreate {
+	switch p.kind {
+	case putAlways:
+		return nil
+	case putCreate:
 		if kv != nil {
 			return fmt.Errorf("%s: %w", p.describe(), ErrAlreadyExists)
 		}
@@ -164,6 +178,8 @@ func (p *putOp[V]) failure(kv *mvccpb.KeyValue) error {
 	}
 	return p.want.failure(p.describe(), kv)
 }
+
+func (p *putOp[V]) sharedLease() clientv3.LeaseID { return p.lease }
 
 func (p *putOp[V]) UpdateRevision(revision int64) { p.revision = revision }
 

@@ -14,6 +14,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
+	"go.etcd.io/etcd/server/v3/lease"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -596,4 +597,92 @@ func TestNilValuesAreRefused(t *testing.T) {
 			require.Zero(t, resp.Count)
 		})
 	}
+}
+
+// TestPutWithTTLAtEtcdsMaximumLeaseTTL: a TTL above etcd's maximum lease TTL
+// (a common spelling of "forever" is math.MaxInt64) is refused naming the
+// key, before a lease is granted; the maximum itself is granted in full.
+func TestPutWithTTLAtEtcdsMaximumLeaseTTL(t *testing.T) {
+	client := newClient(t)
+	ctx := testContext(t)
+	maximum := time.Duration(lease.MaxLeaseTTL) * time.Second
+
+	for _, ttl := range []time.Duration{maximum + time.Nanosecond, maximum + time.Second, math.MaxInt64} {
+		t.Run(fmt.Sprintf("a TTL of %v is refused naming the key and nothing is written", ttl), func(t *testing.T) {
+			key := storage.Key("ttl", "above", ttl.String())
+			ops := []storage.PutOp[*host]{
+				storage.NewPutOp(client, key, &host{}).WithTTL(ttl),
+				storage.NewCreateOp(client, key, &host{}).WithTTL(ttl),
+				storage.NewUpdateOp(client, key, &host{}).WithTTL(ttl),
+			}
+			for _, op := range ops {
+				err := op.Exec(ctx)
+				require.ErrorContains(t, err, key)
+				require.ErrorContains(t, err, "maximum lease TTL")
+				require.Zero(t, op.Revision())
+				require.ErrorContains(t, storage.NewTxn(client, op).Commit(ctx), key, "inside a transaction too")
+				requireMissing(t, client, key)
+			}
+			leases, err := client.Leases(ctx)
+			require.NoError(t, err)
+			require.Empty(t, leases.Leases, "no lease was granted for nothing")
+		})
+	}
+
+	t.Run("the maximum TTL is granted in full", func(t *testing.T) {
+		key := storage.Key("ttl", "maximum")
+		require.NoError(t, storage.NewPutOp(client, key, &host{}).WithTTL(maximum).Exec(ctx))
+		resp, err := client.TimeToLive(ctx, clientv3.LeaseID(rawKV(t, client, key).Lease))
+		require.NoError(t, err)
+		require.EqualValues(t, lease.MaxLeaseTTL, resp.GrantedTTL)
+		require.Positive(t, resp.TTL)
+	})
+}
+
+// TestPutWithTTLAndACallersLease: WithTTL attaches the library's lease, so a
+// caller's clientv3.WithLease beside it is refused naming the op and key
+// rather than silently replaced; a caller's WithLease alone is honoured.
+func TestPutWithTTLAndACallersLease(t *testing.T) {
+	client := newClient(t)
+	ctx := testContext(t)
+	grant, err := client.Grant(ctx, 60)
+	require.NoError(t, err)
+	mine := grant.ID
+
+	for _, tc := range []struct {
+		name string
+		op   func(key string) storage.PutOp[*host]
+		want string
+	}{
+		{"put", func(key string) storage.PutOp[*host] {
+			return storage.NewPutOp(client, key, &host{}, clientv3.WithLease(mine)).WithTTL(time.Minute)
+		}, "put "},
+		{"create", func(key string) storage.PutOp[*host] {
+			return storage.NewCreateOp(client, key, &host{}, clientv3.WithLease(mine)).WithTTL(time.Minute)
+		}, "create "},
+		{"update", func(key string) storage.PutOp[*host] {
+			return storage.NewUpdateOp(client, key, &host{}, clientv3.WithPrevKV(), clientv3.WithLease(mine)).WithTTL(time.Minute)
+		}, "update "},
+	} {
+		t.Run(tc.name+" with WithLease and WithTTL is refused naming the op and key", func(t *testing.T) {
+			key := storage.Key("lease", tc.name)
+			op := tc.op(key)
+			err := op.Exec(ctx)
+			require.ErrorContains(t, err, tc.want+key)
+			require.ErrorContains(t, err, "WithLease")
+			require.ErrorContains(t, err, "WithTTL")
+			require.Zero(t, op.Revision())
+			require.ErrorContains(t, storage.NewTxn(client, op).Commit(ctx), tc.want+key, "inside a transaction too")
+			requireMissing(t, client, key)
+			leases, err := client.Leases(ctx)
+			require.NoError(t, err)
+			require.Equal(t, []clientv3.LeaseStatus{{ID: mine}}, leases.Leases, "no lease was granted for nothing")
+		})
+	}
+
+	t.Run("a caller's WithLease alone attaches the caller's lease", func(t *testing.T) {
+		key := storage.Key("lease", "alone")
+		require.NoError(t, storage.NewPutOp(client, key, &host{}, clientv3.WithLease(mine)).Exec(ctx))
+		require.EqualValues(t, mine, rawKV(t, client, key).Lease)
+	})
 }

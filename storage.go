@@ -30,6 +30,7 @@ package storage
 import (
 	"context"
 	"fmt"
+	"reflect"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -37,6 +38,9 @@ import (
 )
 
 // TxnOperation is a storage operation that can be used in a transaction.
+// An op records what it sent and what came back, so it must not run
+// concurrently with itself (Exec'd, or committed in a [Txn]), and the value
+// it holds must not be changed while it runs.
 type TxnOperation interface {
 	// ClientOp returns the etcd op to run. It may do I/O (a put with a TTL
 	// obtains a lease) and returns an error for options that do not fit.
@@ -75,10 +79,19 @@ type CachedTxnOp interface {
 type PutOp[V Value] interface {
 	TxnOperation
 	// WithTTL sets a time-to-live for this value. The value will
-	// automatically be removed after the TTL has expired. The key exists for
-	// at least ttl after Exec (or Commit) is called, and on a healthy cluster
-	// is gone no later than ceil(ttl + 0.5s) seconds plus etcd's expiry check
-	// (up to 0.5 s) after it. A ttl that is not positive makes Exec fail.
+	// automatically be removed after the TTL has expired. The put is attached
+	// to a lease, new or shared with earlier TTL puts of the same client,
+	// whose TTL is ceil(ttl + 0.5s) seconds and which has at least ttl left
+	// counted from when Exec (or Commit) was called. That is not counted from
+	// when the request is sent: in a Txn, another op's lease grant may delay
+	// it. So the key exists for at least ttl after Exec is called, and on a
+	// healthy cluster is gone no later than ceil(ttl + 0.5s) seconds plus
+	// etcd's expiry check (up to 0.5 s) after Exec returns.
+	//
+	// Exec fails with an error naming the op and key, before any lease is
+	// granted, for a ttl that is not positive or is above etcd's maximum lease
+	// TTL (9,000,000,000 s), and for a caller's clientv3.WithLease beside
+	// WithTTL (a caller's WithLease alone is honoured).
 	WithTTL(ttl time.Duration) PutOp[V]
 	// WithUpdatedVersion will update the version on the value after the put
 	// operation completes.
@@ -169,4 +182,16 @@ func inspectOptions(opts []clientv3.OpOption) clientv3.Op {
 		o(&op)
 	}
 	return op
+}
+
+// setsLease reports whether opts attach a lease (other than NoLease).
+// clientv3.Op has no accessor for its lease (neither in v3.6 nor in v3.7),
+// so the options' op is compared with a copy whose lease is cleared: the two
+// differ only if a lease was set. clientv3.Op holds no func values, so
+// reflect.DeepEqual compares every field.
+func setsLease(opts []clientv3.OpOption) bool {
+	op := inspectOptions(opts)
+	cleared := op
+	clientv3.WithLease(clientv3.NoLease)(&cleared)
+	return !reflect.DeepEqual(op, cleared)
 }

@@ -21,9 +21,17 @@ import (
 // and nothing is written. Each operation in the transaction must operate on a
 // unique key.
 //
-// A Txn is safe for concurrent use. It can be committed more than once: each
-// Commit sends every op as it is at that moment, so after a conflict a caller
+// A Txn is safe for concurrent use: AddOps and Commit may be called from any
+// goroutine, and concurrent Commits run one at a time, each with the versions
+// the one before wrote back. It can be committed more than once: each Commit
+// sends every op as it is at that moment, so after a conflict a caller
 // refreshes its values and commits the same Txn again.
+//
+// The ops and the values they point to stay the caller's: an op must not run
+// concurrently with itself (Exec'd while a Txn holding it commits, or in two
+// Txns committing at once), and a value must not be changed while an op
+// holding it runs, nor read while an op that writes its version back
+// (WithUpdatedVersion, a Cache's put) runs.
 type Txn interface {
 	// AddOps adds ops to the transaction; ops added after a Commit join the
 	// next one.
@@ -48,6 +56,11 @@ type Txn interface {
 type txn struct {
 	client *clientv3.Client
 
+	// commitMu is held for a whole Commit: the ops' fields (bytes sent,
+	// compares, revisions, versions written back) are written while it runs.
+	// It is taken before mu.
+	commitMu sync.Mutex
+
 	mu  sync.Mutex // protects ops
 	ops []TxnOperation
 }
@@ -66,6 +79,8 @@ func (t *txn) AddOps(ops ...TxnOperation) {
 }
 
 func (t *txn) Commit(ctx context.Context) error {
+	t.commitMu.Lock()
+	defer t.commitMu.Unlock()
 	t.mu.Lock()
 	ops := slices.Clone(t.ops)
 	t.mu.Unlock()
@@ -93,6 +108,16 @@ type (
 	deleteCounter interface {
 		setDeleted(n int64)
 	}
+	// keyChecker refuses a key no request may carry (a delete of the whole
+	// keyspace), before the ops' keys are compared with each other.
+	keyChecker interface {
+		checkKey() error
+	}
+	// leaseUser names the shared lease its last ClientOp attached (0 if
+	// none), so that a request refused for a lost lease forgets just that.
+	leaseUser interface {
+		sharedLease() clientv3.LeaseID
+	}
 )
 
 // execOne runs a single op as its Exec does: a failed compare is returned as
@@ -106,15 +131,29 @@ func execOne(ctx context.Context, client *clientv3.Client, op TxnOperation) erro
 	return err
 }
 
-// commit runs ops in one request. A request that failed because a shared
-// lease was gone (revoked by another client) is sent once more with new
-// leases: it was not applied, so sending it again is safe.
+// commit runs ops in one request. A request refused because a shared lease
+// it carried was gone (revoked by another client, or lost with a restored
+// cluster) was not applied, so it is built and sent once more, with fresh
+// leases. Only the leases it carried are forgotten: concurrent puts that
+// failed with the same lease may have replaced it already, and the lease a
+// retry has just granted must not be dropped. A lease of the caller's own is
+// not ours to replace: without a shared lease there is no retry.
 func commit(ctx context.Context, client *clientv3.Client, ops []TxnOperation) error {
 	err := commitOnce(ctx, client, ops)
-	if errors.Is(err, rpctypes.ErrLeaseNotFound) && leasesOf(client).forget() {
-		err = commitOnce(ctx, client, ops)
+	if !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		return err
 	}
-	return err
+	var carried []clientv3.LeaseID
+	for _, op := range ops {
+		if l, ok := op.(leaseUser); ok && l.sharedLease() != clientv3.NoLease {
+			carried = append(carried, l.sharedLease())
+		}
+	}
+	if len(carried) == 0 {
+		return err
+	}
+	leasesOf(client).forget(carried)
+	return commitOnce(ctx, client, ops)
 }
 
 // commitOnce runs ops in one request: a plain op when there is one op and no
@@ -325,16 +364,25 @@ func cmpInt(a, b int64) int {
 	return 0
 }
 
-// checkDuplicates refuses, before any request, two ops on one key or a put
-// inside a range another op deletes (etcd refuses both in one txn; the
-// original library refused any two ops on one key). Overlapping deletes are
-// allowed, as etcd allows them. The package's ops give their keys directly;
-// other ops are inspected through ClientOp, and the ops so built are
-// returned for reuse (nil entries for the package's own ops).
+// checkDuplicates refuses, before any request, a key no request may carry
+// (a whole-keyspace delete, refused as that rather than as holding every
+// other op's key), then two ops on one key or a put inside a range another op
+// deletes (etcd refuses both in one txn; the original library refused any two
+// ops on one key). Overlapping deletes are allowed, as etcd allows them. The
+// package's ops give their keys directly; other ops are inspected through
+// ClientOp, and the ops so built are returned for reuse (nil entries for the
+// package's own ops).
 func checkDuplicates(ctx context.Context, ops []TxnOperation) ([]clientv3.Op, error) {
 	type target struct{ kind, key, end string }
 	targets := make([]target, len(ops))
 	clientOps := make([]clientv3.Op, len(ops))
+	for _, op := range ops {
+		if c, ok := op.(keyChecker); ok {
+			if err := c.checkKey(); err != nil {
+				return nil, err
+			}
+		}
+	}
 	for i, op := range ops {
 		if k, ok := op.(txnKeyer); ok {
 			kind, key, end := k.txnKey()

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -695,6 +696,124 @@ func TestTxnCommitWithACancelledContextFails(t *testing.T) {
 			require.ErrorIs(t, err, context.Canceled)
 			assert.Nil(t, txnStored(t, client, "/a"))
 			assert.Nil(t, txnStored(t, client, "/b"))
+		})
+	}
+}
+
+// TestTxnCommittedFromManyGoroutinesRunsEachCommitAlone: a Txn committed
+// from several goroutines at once runs one Commit at a time, each with the
+// versions the previous one wrote back, so an update with
+// WithUpdatedVersion never conflicts with its own Txn (and -race sees no
+// race on the ops or their values).
+func TestTxnCommittedFromManyGoroutinesRunsEachCommitAlone(t *testing.T) {
+	client := newClient(t)
+	ctx := testContext(t)
+	const (
+		goroutines = 4
+		commits    = 10 // per goroutine
+	)
+	counter := &record{Name: "counter"}
+	require.NoError(t, storage.NewCreateOp(client, "/c/counter", counter).WithUpdatedVersion().Exec(ctx))
+	put(t, client, "/c/p/x", `{"name":"x"}`)
+	h := &host{Name: "h"}
+	txn := storage.NewTxn(client,
+		storage.NewUpdateOp(client, "/c/counter", counter).WithUpdatedVersion(),
+		storage.NewPutOp(client, "/c/put", h).WithUpdatedVersion().WithTTL(time.Minute),
+		storage.NewDeleteKeyOp(client, "/c/gone"),
+		storage.NewDeletePrefixOp(client, "/c/p"),
+	)
+
+	start := make(chan struct{})
+	errs := make(chan error, goroutines*commits)
+	var wg sync.WaitGroup
+	for range goroutines {
+		wg.Go(func() {
+			<-start
+			for range commits {
+				errs <- txn.Commit(ctx)
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err, "a commit conflicted with another commit of the same Txn")
+	}
+
+	const total = goroutines * commits
+	assert.EqualValues(t, total+1, txnStored(t, client, "/c/counter").Version)
+	assert.EqualValues(t, total+1, counter.Version(), "the last commit's version is written back")
+	assert.EqualValues(t, total, h.Version())
+	assert.Equal(t, txnStored(t, client, "/c/counter").ModRevision, counter.ModRevision())
+}
+
+// TestTxnNeverBlamesAnOpWithoutACompare: when a foreign op's compare on the
+// key of one of our unconditional ops fails, only the foreign op is named,
+// and the error does not claim a version mismatch.
+func TestTxnNeverBlamesAnOpWithoutACompare(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		key  string // the key our op writes, stored with version 3
+		op   func(c *clientv3.Client) storage.TxnOperation
+		not  string // how our op would be named
+	}{
+		{"a put", "/a", func(c *clientv3.Client) storage.TxnOperation {
+			return storage.NewPutOp(c, "/a", &host{Name: "x"})
+		}, "put /a"},
+		{"a put with a TTL", "/a", func(c *clientv3.Client) storage.TxnOperation {
+			return storage.NewPutOp(c, "/a", hostAt("x", 3)).WithTTL(time.Minute)
+		}, "put /a"},
+		{"a key delete", "/a", func(c *clientv3.Client) storage.TxnOperation {
+			return storage.NewDeleteKeyOp(c, "/a")
+		}, "delete /a"},
+		{"a prefix delete", "/p/a", func(c *clientv3.Client) storage.TxnOperation {
+			return storage.NewDeletePrefixOp(c, "/p")
+		}, "delete prefix"},
+	} {
+		t.Run(tc.name+" is not named", func(t *testing.T) {
+			client := newClient(t)
+			putTimes(t, client, tc.key, 3)
+			revision := txnRevision(t, client)
+			ours := tc.op(client)
+			foreign := &foreignOp{key: "/f", val: "raw", cmps: []clientv3.Cmp{
+				clientv3.Compare(clientv3.Version(tc.key), "=", 1),
+			}}
+
+			err := storage.NewTxn(client, ours, foreign).Commit(testContext(t))
+
+			require.ErrorIs(t, err, storage.ErrOperationConstraintViolated)
+			require.ErrorContains(t, err, "put /f: compare on "+tc.key+" failed")
+			assert.NotErrorIs(t, err, storage.ErrValueVersionMismatch)
+			assert.NotContains(t, err.Error(), tc.not)
+			assert.EqualValues(t, 3, txnStored(t, client, tc.key).Version, "the failed txn wrote %s", tc.key)
+			requireRevisions(t, revision, ours, foreign)
+		})
+	}
+}
+
+// TestTxnRefusesDeletingTheWholeKeyspaceFirst: an empty prefix delete beside
+// a put is refused for what it is, not as a put inside a deleted prefix.
+func TestTxnRefusesDeletingTheWholeKeyspaceFirst(t *testing.T) {
+	for _, prefix := range []string{"", "/"} {
+		t.Run(fmt.Sprintf("delete prefix %q with a put", prefix), func(t *testing.T) {
+			client := newClient(t)
+			ctx := testContext(t)
+			revision := txnRevision(t, client)
+			ops := []storage.TxnOperation{
+				storage.NewPutOp(client, "/a", &host{Name: "x"}).WithTTL(time.Minute),
+				storage.NewDeletePrefixOp(client, prefix),
+			}
+
+			err := storage.NewTxn(client, ops...).Commit(ctx)
+
+			require.ErrorContains(t, err, fmt.Sprintf("delete prefix %q: refusing to delete the whole keyspace", prefix))
+			assert.NotErrorIs(t, err, storage.ErrDuplicateKeysInTransaction)
+			requireRevisions(t, 0, ops...)
+			assert.Equal(t, revision, txnRevision(t, client), "the refused txn wrote something")
+			leases, err := client.Leases(ctx)
+			require.NoError(t, err)
+			assert.Empty(t, leases.Leases, "the refused txn granted a lease")
 		})
 	}
 }
