@@ -55,9 +55,14 @@ type WatchOp[V Value] interface {
 	// via the Error() channel.
 	//
 	// An error from the initial read or from handle during it is returned,
-	// and nothing is running. Otherwise the run is in progress until Close,
-	// even after it stopped on its own: until then Watch returns an error
-	// wrapping [ErrWatchAlreadyInProgress].
+	// and nothing is running. Otherwise the run is in progress until Close
+	// has returned, even after it stopped on its own: until then Watch
+	// returns an error wrapping [ErrWatchAlreadyInProgress]. Watch does not
+	// wait for a Close in progress: it returns that error. After a Close
+	// from inside handle the run is in progress until handle has returned
+	// and the watch goroutine has exited. A Watch that a concurrent Close
+	// ends during its initial read returns nil, as if the Close had come
+	// just after it.
 	//
 	// Events reach handle one at a time, in revision order, each change
 	// exactly once: after a dropped connection, a restarted member, a member
@@ -82,8 +87,10 @@ type WatchOp[V Value] interface {
 	// Close cancels the active watch and enables callers to use Watch again.
 	// It returns once the watch goroutine has exited, and nothing is sent on
 	// Error() for the closed run afterwards (an unread error of that run is
-	// dropped). Close is idempotent, may be called before Watch, and may be
-	// called from inside handle: the watch then stops once handle returns.
+	// dropped; an error of a later run never is). Concurrent Close calls all
+	// return only after that exit. Close is idempotent, may be called before
+	// Watch, and may be called from inside handle: it then returns at once,
+	// handle is not called again, and the watch stops once handle returns.
 	Close()
 	// Error reports errors that originate from the watch or from the
 	// handler. It is one channel for the op's life, never closed; each run
@@ -204,6 +211,8 @@ func (h *handlerSink[V]) deliver(ctx context.Context, e *Event[V]) error {
 func (h *handlerSink[V]) progressed(int64) {}
 
 func (h *handlerSink[V]) stopped(error) {}
+
+func (h *handlerSink[V]) ended() {}
 
 // handlerError is an error returned by the user's handler.
 type handlerError struct{ err error }
