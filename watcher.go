@@ -44,6 +44,9 @@ type watcher struct {
 	// (lastRev the revision it resumes after, readRev 0). The chaos test
 	// needs it to place internal restarts in a delivered history.
 	onRestart func(lastRev, readRev int64)
+	// betweenPages, set only by tests before a run, is called by a paged
+	// read after each page that has more to come: tests compact there.
+	betweenPages func()
 
 	// mu protects run and the closed and sent fields of every run. A run is
 	// current from start until it has ended: its goroutine (or, while the
