@@ -32,7 +32,10 @@ type Cache[V Value] interface {
 	// every rule of [WatchOp.Watch], including re-reading after a
 	// compaction. ctx governs the watch: when it ends, reads fail with its
 	// error. A second Start without Stop returns an error wrapping
-	// [ErrWatchAlreadyInProgress].
+	// [ErrWatchAlreadyInProgress], and so does a Start while a Stop is in
+	// progress: it does not wait for the Stop. A Start that a concurrent
+	// Stop ends during its initial load returns nil and leaves the cache
+	// stopped, as if the Stop had come just after it.
 	Start(ctx context.Context) error
 	// Put returns an operation that puts a key-value pair into storage.
 	// Cache Put, Create and Update write the new version (and a
@@ -70,7 +73,9 @@ type Cache[V Value] interface {
 	GetPrefix(prefix string) GetMultipleOp[V]
 	// Stop stops the cache and returns once every goroutine it started has
 	// exited. It empties the cache; Start may be called again. Stop is
-	// idempotent and safe before Start.
+	// idempotent and safe before Start. Concurrent Stop calls all return
+	// only once the watch has exited and the cache is empty; reads during a
+	// Stop see the cache either still started or empty.
 	Stop()
 	// Error reports errors that originate from the cache's watch.
 	Error() <-chan error
@@ -113,9 +118,13 @@ type cache[V Value] struct {
 	keyOf  func(v V) string
 	w      *watcher
 
-	mu      sync.RWMutex // protects the following fields
-	started bool         // between the first read of Start and Stop
-	err     error        // why the watch stopped on its own; reads fail with it
+	// mu protects the following fields. The watch writes them only from the
+	// current run: the watcher makes every sink call of a run, and its
+	// ended, happen before the next run's first call, so a stopped run
+	// never touches the state of a newer one.
+	mu      sync.RWMutex
+	started bool  // between the first read of a run and the run's end
+	err     error // why the watch stopped on its own; reads fail with it
 	items   *btree.BTreeG[*entry]
 	rev     int64 // every change up to rev has reached the cache from the watch
 	// Tombstones of write-through deletes at revisions the watch has not
@@ -145,13 +154,9 @@ func (c *cache[V]) Start(ctx context.Context) error {
 	return nil
 }
 
-func (c *cache[V]) Stop() {
-	c.w.close()
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.started, c.err, c.items, c.rev = false, nil, nil, 0
-	c.tombstones, c.rangeTombstones = nil, nil
-}
+// Stop leaves the emptying to the run's end (ended): emptying here, after
+// close, would race a Start that began meanwhile and empty its live run.
+func (c *cache[V]) Stop() { c.w.close() }
 
 func (c *cache[V]) Error() <-chan error { return c.w.errc }
 
@@ -368,6 +373,15 @@ func (c *cache[V]) stopped(err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.err = err
+}
+
+// ended empties the cache once its run has ended (sink): the next Start
+// finds it as before the first.
+func (c *cache[V]) ended() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.started, c.err, c.items, c.rev = false, nil, nil, 0
+	c.tombstones, c.rangeTombstones = nil, nil
 }
 
 func newEntry(kv *mvccpb.KeyValue) *entry {

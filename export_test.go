@@ -49,3 +49,11 @@ func SetCacheCanary[V Value](c Cache[V], name string) { c.(*cache[V]).w.canary =
 func SetWatchRestartHook[V Value](op WatchOp[V], f func(lastRev, readRev int64)) {
 	op.(*watchOp[V]).w.onRestart = f
 }
+
+// InitialReadAttempts is how often a watch's initial read starts over when
+// etcd compacts between its pages.
+const InitialReadAttempts = initialReadAttempts
+
+// SetWatchPageHook has a WatchOp call f (before Watch) between the pages of
+// its paged reads, after each page that has more to come.
+func SetWatchPageHook[V Value](op WatchOp[V], f func()) { op.(*watchOp[V]).w.betweenPages = f }

@@ -2,6 +2,7 @@ package storage
 
 import (
 	"context"
+	"reflect"
 	"slices"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -55,9 +56,14 @@ type WatchOp[V Value] interface {
 	// via the Error() channel.
 	//
 	// An error from the initial read or from handle during it is returned,
-	// and nothing is running. Otherwise the run is in progress until Close,
-	// even after it stopped on its own: until then Watch returns an error
-	// wrapping [ErrWatchAlreadyInProgress].
+	// and nothing is running. Otherwise the run is in progress until Close
+	// has returned, even after it stopped on its own: until then Watch
+	// returns an error wrapping [ErrWatchAlreadyInProgress]. Watch does not
+	// wait for a Close in progress: it returns that error. After a Close
+	// from inside handle the run is in progress until handle has returned
+	// and the watch goroutine has exited. A Watch that a concurrent Close
+	// ends during its initial read returns nil, as if the Close had come
+	// just after it.
 	//
 	// Events reach handle one at a time, in revision order, each change
 	// exactly once: after a dropped connection, a restarted member, a member
@@ -82,8 +88,10 @@ type WatchOp[V Value] interface {
 	// Close cancels the active watch and enables callers to use Watch again.
 	// It returns once the watch goroutine has exited, and nothing is sent on
 	// Error() for the closed run afterwards (an unread error of that run is
-	// dropped). Close is idempotent, may be called before Watch, and may be
-	// called from inside handle: the watch then stops once handle returns.
+	// dropped; an error of a later run never is). Concurrent Close calls all
+	// return only after that exit. Close is idempotent, may be called before
+	// Watch, and may be called from inside handle: it then returns at once,
+	// handle is not called again, and the watch stops once handle returns.
 	Close()
 	// Error reports errors that originate from the watch or from the
 	// handler. It is one channel for the op's life, never closed; each run
@@ -104,7 +112,8 @@ var _ WatchOp[*StoredValue] = (*watchOp[*StoredValue])(nil)
 // NewWatchOp returns an operation that watches key. Options that fit a watch
 // (clientv3.WithFilterPut, WithFilterDelete, WithPrevKV) apply; options that
 // conflict with the op's own (WithRev, WithPrefix, a range) or do not fit a
-// watch make Watch return an error.
+// watch make Watch return an error. The filters hold for the events a
+// re-read after compaction delivers too; the initial read is not filtered.
 func NewWatchOp[V Value](client *clientv3.Client, key string, options ...clientv3.OpOption) WatchOp[V] {
 	return &watchOp[V]{w: newWatcher(client, key, false, options)}
 }
@@ -117,7 +126,20 @@ func NewWatchPrefixOp[V Value](client *clientv3.Client, prefix string, options .
 }
 
 func (o *watchOp[V]) Watch(ctx context.Context, handle func(e *Event[V]) error) error {
-	return o.w.start(ctx, &handlerSink[V]{handle: handle})
+	h := &handlerSink[V]{handle: handle}
+	h.filterPut, h.filterDelete = watchFilters(o.w.opts)
+	return o.w.start(ctx, h)
+}
+
+// watchFilters reports whether opts hold clientv3.WithFilterPut and
+// clientv3.WithFilterDelete. clientv3.Op has no accessor for them, but
+// applying a filter option leaves an Op unchanged exactly when it was set.
+func watchFilters(opts []clientv3.OpOption) (put, del bool) {
+	op := inspectOptions(opts)
+	has := func(o clientv3.OpOption) bool {
+		return reflect.DeepEqual(op, inspectOptions(append(opts[:len(opts):len(opts)], o)))
+	}
+	return has(clientv3.WithFilterPut()), has(clientv3.WithFilterDelete())
 }
 
 func (o *watchOp[V]) Close() { o.w.close() }
@@ -131,9 +153,17 @@ func (o *watchOp[V]) PropagateErrors(ctx context.Context, ch chan error) {
 // handlerSink turns what the watcher reads into Events for a handler. It
 // remembers the mod revision of every key it delivered, so that a re-read
 // after compaction delivers only the difference.
+//
+// The watch's filters hold for that difference as well: etcd filters the
+// events it sends, and the sink filters the ones it synthesises. The initial
+// read is delivered whole. Under WithFilterPut the sink learns of keys only
+// from reads and deletes, so a key created after the last read and deleted
+// while etcd compacted past the watch gets no synthesised delete.
 type handlerSink[V Value] struct {
-	handle func(e *Event[V]) error
-	known  map[string]int64 // key -> mod revision, as delivered
+	handle       func(e *Event[V]) error
+	filterPut    bool             // the watch has clientv3.WithFilterPut
+	filterDelete bool             // the watch has clientv3.WithFilterDelete
+	known        map[string]int64 // key -> mod revision, as the watch saw it
 }
 
 func (h *handlerSink[V]) reset(ctx context.Context, kvs []*mvccpb.KeyValue, rev int64) error {
@@ -153,13 +183,13 @@ func (h *handlerSink[V]) reset(ctx context.Context, kvs []*mvccpb.KeyValue, rev 
 	for _, kv := range kvs {
 		key := string(kv.Key)
 		for len(gone) > 0 && gone[0] < key {
-			if err := h.deliver(ctx, &Event[V]{Type: EventTypeDelete, Key: gone[0], Revision: rev}); err != nil {
+			if err := h.deleted(ctx, gone[0], rev); err != nil {
 				return err
 			}
 			gone = gone[1:]
 		}
-		if !initial && h.known[key] == kv.ModRevision {
-			continue // unchanged since it was delivered
+		if !initial && (h.filterPut || h.known[key] == kv.ModRevision) {
+			continue // filtered, or unchanged since it was delivered
 		}
 		e := readEvent[V](kv, rev)
 		if err := h.deliver(ctx, e); err != nil {
@@ -167,12 +197,21 @@ func (h *handlerSink[V]) reset(ctx context.Context, kvs []*mvccpb.KeyValue, rev 
 		}
 	}
 	for _, key := range gone {
-		if err := h.deliver(ctx, &Event[V]{Type: EventTypeDelete, Key: key, Revision: rev}); err != nil {
+		if err := h.deleted(ctx, key, rev); err != nil {
 			return err
 		}
 	}
 	h.known = known
 	return nil
+}
+
+// deleted delivers the delete of a key that a re-read at rev no longer
+// found, unless the watch filters deletes.
+func (h *handlerSink[V]) deleted(ctx context.Context, key string, rev int64) error {
+	if h.filterDelete {
+		return nil
+	}
+	return h.deliver(ctx, &Event[V]{Type: EventTypeDelete, Key: key, Revision: rev})
 }
 
 func (h *handlerSink[V]) apply(ctx context.Context, events []*clientv3.Event) error {
@@ -204,6 +243,8 @@ func (h *handlerSink[V]) deliver(ctx context.Context, e *Event[V]) error {
 func (h *handlerSink[V]) progressed(int64) {}
 
 func (h *handlerSink[V]) stopped(error) {}
+
+func (h *handlerSink[V]) ended() {}
 
 // handlerError is an error returned by the user's handler.
 type handlerError struct{ err error }

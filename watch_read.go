@@ -5,18 +5,40 @@ package storage
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
 
+// initialReadAttempts bounds the attempts of an initial read that etcd
+// compacts between its pages every time.
+const initialReadAttempts = 5
+
 // read reads the whole key or prefix and resets the sink to it; from is the
 // revision the watch had reached (0 for the initial read).
+//
+// The pages of a read are pinned to the first page's revision, so a
+// compaction between two pages fails the read. A re-read inside the loop
+// returns that failure to the loop, which backs off and re-reads; the
+// initial read has no loop around it, so it starts over here instead
+// (bounded, with the loop's backoff).
 func (w *watcher) read(ctx context.Context, s sink, from int64) (int64, error) {
 	kvs, rev, err := w.readAll(ctx)
+	for attempt := 1; from == 0 && errors.Is(err, rpctypes.ErrCompacted); attempt++ {
+		if attempt == initialReadAttempts {
+			err = fmt.Errorf("%w (compacted during each of %d attempts)", err, attempt)
+			break
+		}
+		if !sleepCtx(ctx, backoff(attempt)) {
+			return 0, fmt.Errorf("%s: read: %w", w.what, context.Cause(ctx))
+		}
+		kvs, rev, err = w.readAll(ctx)
+	}
 	if err != nil {
 		if isAuthError(err) {
 			return 0, stopError{err}
@@ -79,5 +101,8 @@ func (w *watcher) readAll(ctx context.Context) ([]*mvccpb.KeyValue, int64, error
 			return kvs, rev, nil
 		}
 		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+		if w.betweenPages != nil {
+			w.betweenPages()
+		}
 	}
 }

@@ -737,6 +737,80 @@ func TestWatchFilterPutDropsLivePutsButNotTheInitialRead(t *testing.T) {
 	requireWatchEvents(t, []storage.Event[*host]{wantDelete("/w/a", rev)}, []storage.Event[*host]{rec.next(t)})
 }
 
+func TestWatchFiltersHoldForTheEventsOfAReRead(t *testing.T) {
+	verifyNoLeaks(t)
+	c := newClient(t)
+	const p = "/f/"
+	cases := []struct {
+		name     string
+		filter   clientv3.OpOption
+		sentinel func(t *testing.T) // a change after the re-read began or ended
+		// want is every event after the initial read, as "type key", sorted.
+		want []string
+	}{{
+		name:     "WithFilterDelete synthesises no delete",
+		filter:   clientv3.WithFilterDelete(),
+		sentinel: func(t *testing.T) { watchPut(t, c, p+"s", "s") },
+		want:     []string{"put /f/k2", "put /f/k3", "put /f/s"},
+	}, {
+		name:   "WithFilterPut synthesises no put",
+		filter: clientv3.WithFilterPut(),
+		// k0 is known to the watch: its delete arrives live or from the re-read.
+		sentinel: func(t *testing.T) { watchDelete(t, c, p+"k0") },
+		want:     []string{"delete /f/k0", "delete /f/k1"},
+	}}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := testContext(t)
+			_, err := c.Delete(ctx, p, clientv3.WithPrefix())
+			require.NoError(t, err)
+			for _, k := range []string{"k0", "k1", "k2"} {
+				watchPut(t, c, p+k, k)
+			}
+			rec := newWatchRecorder()
+			blocked, release := make(chan struct{}), make(chan struct{})
+			var blockOnce, releaseOnce sync.Once
+			unblock := func() { releaseOnce.Do(func() { close(release) }) }
+			op := storage.NewWatchPrefixOp[*host](c, p, tc.filter)
+			t.Cleanup(op.Close)
+			t.Cleanup(unblock)
+			watchErr := make(chan error, 1)
+			go func() {
+				watchErr <- op.Watch(ctx, func(e *storage.Event[*host]) error {
+					rec.c <- *e
+					if e.Key == p+"k2" {
+						blockOnce.Do(func() { close(blocked); <-release })
+					}
+					return nil
+				})
+			}()
+			waitWatchSignal(t, blocked, "initial read reached its last item")
+
+			t.Log("phase 1: while the initial read is delivered, delete k1, change k2, create k3; compact past the read")
+			watchDelete(t, c, p+"k1")
+			watchPut(t, c, p+"k2", "k2'")
+			last := watchPut(t, c, p+"k3", "k3")
+			_, err = c.Compact(ctx, last, clientv3.WithCompactPhysical())
+			require.NoError(t, err)
+
+			t.Log("phase 2: release the handler; the watch must re-read, filtering what it synthesises")
+			unblock()
+			require.NoError(t, recvWatchError(t, watchErr), "Watch")
+			require.Equal(t, []string{p + "k0", p + "k1", p + "k2"}, eventKeys(rec.take(t, 3)), "the initial read is not filtered")
+			tc.sentinel(t)
+			got := rec.take(t, len(tc.want))
+			rec.requireQuiet(t)
+			described := make([]string, len(got))
+			for i, e := range got {
+				described[i] = string(e.Type) + " " + e.Key
+			}
+			slices.Sort(described)
+			require.Equal(t, tc.want, described)
+			require.GreaterOrEqual(t, storage.WatchRecovery(op).Relists, int64(1), "no re-read happened")
+		})
+	}
+}
+
 func TestWatchOnAClosedClientReportsOneErrorAndStops(t *testing.T) {
 	verifyNoLeaks(t)
 	s, err := storagetest.Start()

@@ -44,9 +44,17 @@ type watcher struct {
 	// (lastRev the revision it resumes after, readRev 0). The chaos test
 	// needs it to place internal restarts in a delivered history.
 	onRestart func(lastRev, readRev int64)
+	// betweenPages, set only by tests before a run, is called by a paged
+	// read after each page that has more to come: tests compact there.
+	betweenPages func()
 
-	mu  sync.Mutex // protects run
-	run *watchRun  // nil when no run is in progress (until Close)
+	// mu protects run and the closed and sent fields of every run. A run is
+	// current from start until it has ended: its goroutine (or, while the
+	// initial read runs, the caller of start) has exited and it was closed,
+	// or its initial read failed. Runs are therefore never current at once,
+	// and every sink call of a run happens before the next run starts.
+	mu  sync.Mutex
+	run *watchRun // the current run, nil when none
 
 	// Counters of the library's own recovery paths, read by tests: clientv3
 	// resumes some faults by itself, so events arriving prove nothing.
@@ -58,14 +66,21 @@ type watcher struct {
 	maxPendingSeen atomic.Int64
 }
 
-// watchRun is one run of a watcher, from start to Close.
+// watchRun is one run of a watcher, from start until it has ended.
 type watchRun struct {
+	sink   sink
 	cancel context.CancelCauseFunc
-	donec  chan struct{} // closed when the run's goroutine exits (or none started)
+	// donec is closed when the run's goroutine has exited, or when the
+	// caller of start is done with it (the initial read failed or the run
+	// was closed during it).
+	donec chan struct{}
 	// caller is the id of the goroutine that calls the sink (and so the
 	// user's handler), 0 when none does: Close from inside a handler must
 	// not wait for itself.
 	caller atomic.Uint64
+
+	closed bool // guarded by watcher.mu: close was called for this run
+	sent   bool // guarded by watcher.mu: the run sent its error on errc
 }
 
 // sink receives what a watcher reads, in revision order. An error returned
@@ -80,6 +95,9 @@ type sink interface {
 	progressed(rev int64)
 	// stopped reports that the run stopped on its own with err.
 	stopped(err error)
+	// ended reports that the run has ended: it makes no more calls. It is
+	// called with the watcher's lock held, before another run can start.
+	ended()
 }
 
 const (
@@ -151,7 +169,10 @@ func (w *watcher) checkOptions() error {
 
 // start reads and delivers the initial state, then runs the watch in a
 // goroutine governed by ctx. An error from the read or the sink is returned
-// and nothing is left running.
+// and nothing is left running. While a run is current (also while a close of
+// it waits for its goroutine) start refuses with ErrWatchAlreadyInProgress:
+// waiting instead would deadlock a handler that closes its run and starts
+// another, since the run ends only once the handler has returned.
 func (w *watcher) start(ctx context.Context, s sink) error {
 	if err := w.checkOptions(); err != nil {
 		return err
@@ -162,57 +183,90 @@ func (w *watcher) start(ctx context.Context, s sink) error {
 		return fmt.Errorf("%s: %w", w.what, ErrWatchAlreadyInProgress)
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
-	run := &watchRun{cancel: cancel, donec: make(chan struct{})}
+	run := &watchRun{sink: s, cancel: cancel, donec: make(chan struct{})}
 	w.run = run
 	w.mu.Unlock()
 
 	run.caller.Store(goid())
 	rev, err := w.read(ctx, s, 0)
 	run.caller.Store(0)
-	if err != nil || context.Cause(ctx) == errClosed {
-		cancel(nil)
-		close(run.donec)
-		w.mu.Lock()
-		if w.run == run {
-			w.run = nil
-		}
+	w.mu.Lock()
+	if err == nil && !run.closed {
 		w.mu.Unlock()
-		var stop stopError
-		if errors.As(err, &stop) {
-			err = stop.err
-		}
-		if err != nil && context.Cause(ctx) != errClosed {
-			return err
-		}
-		return nil // closed from inside the handler
+		go func() {
+			defer close(run.donec)
+			defer w.exited(run)
+			run.caller.Store(goid())
+			w.loop(ctx, run, s, rev)
+		}()
+		return nil
 	}
-	go func() {
-		defer close(run.donec)
-		run.caller.Store(goid())
-		w.loop(ctx, run, s, rev)
-	}()
-	return nil
+	// The run ends here: the read failed, or a close came during it (from
+	// inside the handler, or from a goroutine that waits on donec).
+	closed := run.closed
+	w.endLocked(run)
+	w.mu.Unlock()
+	cancel(nil)
+	close(run.donec)
+	var stop stopError
+	if errors.As(err, &stop) {
+		err = stop.err
+	}
+	if closed {
+		return nil // the close decides: the run started and was stopped
+	}
+	return err
 }
 
-// close stops the run, if any, and returns once its goroutine has exited;
-// called from inside the sink it does not wait for itself. An error the run
-// sent and nobody read is dropped. Idempotent.
+// close stops the current run, if any, and returns once its goroutine has
+// exited; every concurrent close waits for that same exit. Called from
+// inside the sink it does not wait for itself: the run then ends when its
+// goroutine exits. An error the run sent and nobody read is dropped; an
+// error of a later run never is. Idempotent.
 func (w *watcher) close() {
 	w.mu.Lock()
 	run := w.run
-	w.run = nil
-	w.mu.Unlock()
 	if run == nil {
+		w.mu.Unlock()
 		return
 	}
+	run.closed = true
+	w.mu.Unlock()
 	run.cancel(errClosed)
-	if run.caller.Load() != goid() {
-		<-run.donec
+	if run.caller.Load() == goid() {
+		return // the run ends once the handler returns (see exited)
 	}
-	select {
-	case <-w.errc:
-	default:
+	<-run.donec
+	w.mu.Lock()
+	w.endLocked(run)
+	w.mu.Unlock()
+}
+
+// exited is the last step of a run's goroutine: a run closed from inside
+// its handler ends here, since no close waits for it.
+func (w *watcher) exited(run *watchRun) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if run.closed {
+		w.endLocked(run)
 	}
+}
+
+// endLocked ends run unless it has ended already: its unread error is
+// dropped, the sink learns it ended, and another run may start. Only the
+// current run can have an error on errc, since each run's end drains its own.
+func (w *watcher) endLocked(run *watchRun) {
+	if w.run != run {
+		return
+	}
+	if run.sent {
+		select {
+		case <-w.errc:
+		default:
+		}
+	}
+	run.sink.ended()
+	w.run = nil
 }
 
 // loop is the run's goroutine: watch, and on failure either re-read
@@ -364,11 +418,12 @@ func (w *watcher) halt(run *watchRun, s sink, err error) {
 	s.stopped(err)
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.run != run {
+	if run.closed {
 		return
 	}
 	select {
 	case w.errc <- err:
+		run.sent = true
 	default:
 	}
 }

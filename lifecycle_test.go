@@ -1,0 +1,661 @@
+package storage_test
+
+// Lifecycle tests: Start, Stop, Watch, Close and reads called in any order,
+// from any goroutine, while a writer runs. The contract (SEMANTICS.md,
+// "Concurrency and lifecycle"): nothing panics or leaks, two handlers of one
+// op never run at once, no error of the current run is lost, and a run
+// keeps its identity until its goroutine has exited.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+
+	"github.com/etcdkit/storage"
+)
+
+// The hammer tests run rounds of concurrent calls until lifecycleBudget has
+// passed or lifecycleMaxRounds rounds ran. Their verdict does not depend on
+// how many rounds a machine manages: every round checks the invariants
+// itself.
+const (
+	lifecycleBudget    = 4 * time.Second
+	lifecycleMaxRounds = 400
+	lifecycleCallers   = 4  // goroutines calling lifecycle methods in a round
+	lifecycleCalls     = 12 // calls per goroutine and round
+	lifecycleKeys      = 16 // keys the writer cycles through
+)
+
+// goroutinesIn counts the goroutines whose stack holds a frame of fn (a
+// qualified function name such as "storage.(*watcher).close"). It lets a
+// test wait until calls are blocked inside the library without sleeping.
+func goroutinesIn(fn string) int {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	count := 0
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, fn+"(") {
+			count++
+		}
+	}
+	return count
+}
+
+// closeFrame is the frame every Close and Stop waits in.
+const closeFrame = "storage.(*watcher).close"
+
+// startLifecycleWriter puts new values to lifecycleKeys keys under prefix,
+// all in one txn, again and again until the returned stop function is called; stop waits
+// for the writer to exit.
+func startLifecycleWriter(ctx context.Context, t *testing.T, client *clientv3.Client, prefix string) (stop func()) {
+	t.Helper()
+	for i := range lifecycleKeys {
+		put(t, client, fmt.Sprintf("%sk%02d", prefix, i), rawHostJSON("w", i))
+	}
+	done, exited := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(exited)
+		for i := 0; ; i++ {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			// Every key in one txn: each watch response carries many
+			// events, so a run spends long in the sink.
+			ops := make([]clientv3.Op, lifecycleKeys)
+			for k := range ops {
+				ops[k] = clientv3.OpPut(fmt.Sprintf("%sk%02d", prefix, k), rawHostJSON("w", i))
+			}
+			if _, err := client.Txn(ctx).Then(ops...).Commit(); err != nil && ctx.Err() == nil {
+				t.Errorf("writer: %v", err)
+				return
+			}
+		}
+	}()
+	var once sync.Once
+	stop = func() { once.Do(func() { close(done); <-exited }) }
+	t.Cleanup(stop)
+	return stop
+}
+
+// blockingHandler is a handler that blocks on the event for key until
+// released, and records whether it returned.
+type blockingHandler struct {
+	key      string
+	blocked  chan struct{} // closed once the handler blocks
+	release  chan struct{} // closed by the test to let it return
+	returned atomic.Bool
+	once     sync.Once
+}
+
+func newBlockingHandler(key string) *blockingHandler {
+	return &blockingHandler{key: key, blocked: make(chan struct{}), release: make(chan struct{})}
+}
+
+func (b *blockingHandler) handle(e *storage.Event[*host]) error {
+	if e.Key != b.key {
+		return nil
+	}
+	b.once.Do(func() {
+		close(b.blocked)
+		<-b.release
+		b.returned.Store(true)
+	})
+	return nil
+}
+
+// waitClosesBlocked waits until n Close calls are blocked in the library; it
+// fails the test if one of the calls returned first (a Close that does not
+// wait for the run's goroutine).
+func waitClosesBlocked(t *testing.T, n int, returned <-chan bool) {
+	t.Helper()
+	var early bool
+	require.Eventually(t, func() bool {
+		if len(returned) > 0 {
+			early = true
+			return true
+		}
+		return goroutinesIn(closeFrame) >= n
+	}, watchWait, time.Millisecond, "%d Close calls blocked", n)
+	require.False(t, early, "a Close or Stop returned while its run was still in progress")
+}
+
+func TestLifecycleConcurrentClosesAllWaitForTheRunToExit(t *testing.T) {
+	verifyNoLeaks(t)
+	c := newClient(t)
+	ctx := testContext(t)
+	op := storage.NewWatchPrefixOp[*host](c, "/lc")
+	t.Cleanup(op.Close)
+	b := newBlockingHandler("/lc/block")
+	t.Cleanup(func() { // should the test fail while the handler blocks
+		select {
+		case <-b.release:
+		default:
+			close(b.release)
+		}
+	})
+	require.NoError(t, op.Watch(ctx, b.handle))
+	watchPut(t, c, "/lc/block", "b")
+	waitWatchSignal(t, b.blocked, "handler blocked")
+
+	t.Log("phase 1: two Close calls while the handler blocks; neither may return")
+	returned := make(chan bool, 2)
+	for range 2 {
+		go func() {
+			op.Close()
+			returned <- b.returned.Load()
+		}()
+	}
+	waitClosesBlocked(t, 2, returned)
+
+	t.Log("phase 2: release the handler; both Close calls return after it")
+	close(b.release)
+	for range 2 {
+		require.True(t, recvValue(t, returned), "a Close returned before the handler did")
+	}
+}
+
+func TestLifecycleWatchDuringCloseIsRefusedAndLaterErrorsAreKept(t *testing.T) {
+	verifyNoLeaks(t)
+	c := newClient(t)
+	ctx := testContext(t)
+	op := storage.NewWatchPrefixOp[*host](c, "/lc")
+	t.Cleanup(op.Close)
+	var active, overlaps atomic.Int32
+	count := func(h func(*storage.Event[*host]) error) func(*storage.Event[*host]) error {
+		return func(e *storage.Event[*host]) error {
+			if active.Add(1) > 1 {
+				overlaps.Add(1)
+			}
+			defer active.Add(-1)
+			return h(e)
+		}
+	}
+	b := newBlockingHandler("/lc/block")
+	t.Cleanup(func() {
+		select {
+		case <-b.release:
+		default:
+			close(b.release)
+		}
+	})
+	require.NoError(t, op.Watch(ctx, count(b.handle)))
+	watchPut(t, c, "/lc/block", "b")
+	waitWatchSignal(t, b.blocked, "handler blocked")
+
+	t.Log("phase 1: Watch while a Close waits for the handler is refused")
+	returned := make(chan bool, 1)
+	go func() {
+		op.Close()
+		returned <- b.returned.Load()
+	}()
+	waitClosesBlocked(t, 1, returned)
+	err := op.Watch(ctx, count(func(*storage.Event[*host]) error { return nil }))
+	require.ErrorIs(t, err, storage.ErrWatchAlreadyInProgress)
+
+	t.Log("phase 2: once Close returned, a new run's error reaches Error()")
+	close(b.release)
+	require.True(t, recvValue(t, returned), "Close returned before the handler did")
+	errBoom := errors.New("boom")
+	require.NoError(t, op.Watch(ctx, count(func(e *storage.Event[*host]) error {
+		if e.Key == "/lc/fail" {
+			return errBoom
+		}
+		return nil
+	})))
+	watchPut(t, c, "/lc/fail", "f")
+	require.ErrorIs(t, recvWatchError(t, op.Error()), errBoom)
+	require.ErrorIs(t, op.Watch(ctx, ignoreEvent), storage.ErrWatchAlreadyInProgress, "the stopped run is in progress until Close")
+	require.Zero(t, overlaps.Load(), "two handlers ran at once")
+}
+
+// ignoreEvent is a handler that accepts every event.
+func ignoreEvent(*storage.Event[*host]) error { return nil }
+
+func TestLifecycleCloseThenWatchInsideTheHandlerIsRefused(t *testing.T) {
+	verifyNoLeaks(t)
+	c := newClient(t)
+	ctx := testContext(t)
+	watchPut(t, c, "/lc/a", "a")
+	op := storage.NewWatchPrefixOp[*host](c, "/lc")
+	t.Cleanup(op.Close)
+	var active, overlaps atomic.Int32
+	var restarted atomic.Bool
+	inner := make(chan error, 1)
+	var handle func(e *storage.Event[*host]) error
+	handle = func(e *storage.Event[*host]) error {
+		if active.Add(1) > 1 {
+			overlaps.Add(1)
+		}
+		defer active.Add(-1)
+		if e.Key == "/lc/restart" && restarted.CompareAndSwap(false, true) {
+			op.Close()
+			inner <- op.Watch(ctx, handle)
+		}
+		return nil
+	}
+	require.NoError(t, op.Watch(ctx, handle))
+	watchPut(t, c, "/lc/restart", "r")
+	require.ErrorIs(t, recvWatchError(t, inner), storage.ErrWatchAlreadyInProgress,
+		"the run closed from inside its handler is in progress until the handler returned")
+	require.Zero(t, overlaps.Load(), "two handlers ran at once")
+
+	t.Log("the run ends once the handler returned: Watch works again")
+	rec := newWatchRecorder()
+	require.Eventually(t, func() bool { return op.Watch(ctx, rec.handle) == nil }, watchWait, time.Millisecond)
+	require.ElementsMatch(t, []string{"/lc/a", "/lc/restart"}, eventKeys(rec.take(t, 2)))
+}
+
+// recvValue returns the next value on c, failing the test after watchWait.
+func recvValue[T any](t *testing.T, c <-chan T) T {
+	t.Helper()
+	select {
+	case v := <-c:
+		return v
+	case <-time.After(watchWait):
+		t.Fatalf("nothing within %v", watchWait)
+		var zero T
+		return zero
+	}
+}
+
+// readGate holds the range requests of the client it is installed in while
+// held, whatever their context: a read that etcd is slow to answer.
+type readGate struct {
+	held    atomic.Bool
+	blocked chan struct{} // closed when a held read waits
+	release chan struct{} // closed to let held reads through
+	once    sync.Once
+}
+
+func newReadGate() *readGate {
+	return &readGate{blocked: make(chan struct{}), release: make(chan struct{})}
+}
+
+func (g *readGate) dialOption() grpc.DialOption {
+	return grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any,
+		cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if method == "/etcdserverpb.KV/Range" && g.held.Load() {
+			g.once.Do(func() { close(g.blocked) })
+			<-g.release
+		}
+		return invoker(ctx, method, req, reply, cc, opts...)
+	})
+}
+
+func (g *readGate) open() {
+	select {
+	case <-g.release:
+	default:
+		close(g.release)
+	}
+}
+
+func TestLifecycleConcurrentStopsAllWaitForAStartInProgress(t *testing.T) {
+	verifyNoLeaks(t)
+	s := newCacheServer(t)
+	ctx := testContext(t)
+	put(t, s.Client(), "/lc/a", rawHostJSON("lc/a", 1))
+	gate := newReadGate()
+	t.Cleanup(gate.open) // runs before the client is closed, should the test fail
+	client := newExtraClient(t, s, clientv3.Config{DialTimeout: 5 * time.Second, DialOptions: []grpc.DialOption{gate.dialOption()}})
+	c := storage.NewCache(client, "/lc", keyOfHost)
+	t.Cleanup(c.Stop)
+
+	t.Log("phase 1: Start, its read held by etcd")
+	gate.held.Store(true)
+	started := make(chan error, 1)
+	go func() { started <- c.Start(ctx) }()
+	waitWatchSignal(t, gate.blocked, "Start's read sent")
+
+	t.Log("phase 2: two Stop calls (a shutdown path and a deferred Stop) and a Start")
+	returned := make(chan bool, 2)
+	for range 2 {
+		go func() {
+			c.Stop()
+			returned <- true
+		}()
+	}
+	waitClosesBlocked(t, 2, returned)
+	require.ErrorIs(t, c.Start(ctx), storage.ErrWatchAlreadyInProgress, "Start while a Stop waits for the run")
+
+	t.Log("phase 3: etcd answers; the stopped Start returns and so do both Stops")
+	gate.held.Store(false)
+	gate.open()
+	require.NoError(t, recvValue(t, started), "a Start stopped during its read")
+	for range 2 {
+		require.True(t, recvValue(t, returned))
+	}
+	_, err := c.GetPrefix("").Exec(ctx)
+	require.ErrorContains(t, err, "cache not started")
+
+	require.NoError(t, c.Start(ctx))
+	got, err := c.GetPrefix("").Exec(ctx)
+	require.NoError(t, err)
+	require.Equal(t, []*host{cachedHost("lc/a", 1, 1)}, got)
+}
+
+// lifecycleViolations collects what hammer goroutines found wrong; they
+// cannot fail the test themselves.
+type lifecycleViolations struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (v *lifecycleViolations) add(format string, args ...any) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if len(v.msgs) < 20 {
+		v.msgs = append(v.msgs, fmt.Sprintf(format, args...))
+	}
+}
+
+func (v *lifecycleViolations) require(t *testing.T) {
+	t.Helper()
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	require.Empty(t, v.msgs)
+}
+
+func TestLifecycleCacheUnderConcurrentStartStopReadsAndWrites(t *testing.T) {
+	verifyNoLeaks(t)
+	client := newClient(t)
+	ctx := testContext(t)
+	const p = "/lc/"
+	stopWriter := startLifecycleWriter(ctx, t, client, p)
+	c := storage.NewCache(client, p, keyOfHost)
+	t.Cleanup(c.Stop)
+	var bad lifecycleViolations
+
+	// A read or a write-through may find the cache started or not, and a
+	// key present or not; a cache whose watch stopped, or a panic, is a
+	// bug (the watch's context never ends here).
+	readOK := func(what string, err error) {
+		if err != nil && !errors.Is(err, storage.ErrNotFound) && !strings.Contains(err.Error(), "cache not started") {
+			bad.add("%s: %v", what, err)
+		}
+	}
+	call := func(rng *rand.Rand) {
+		key := fmt.Sprintf("%sk%02d", p, rng.IntN(lifecycleKeys))
+		switch rng.IntN(6) {
+		case 0:
+			if err := c.Start(ctx); err != nil && !errors.Is(err, storage.ErrWatchAlreadyInProgress) {
+				bad.add("Start: %v", err)
+			}
+		case 1:
+			c.Stop()
+		case 5: // a shutdown path and a deferred Stop
+			stopped := make(chan struct{})
+			go func() { defer close(stopped); c.Stop() }()
+			c.Stop()
+			<-stopped
+		case 2:
+			_, err := c.Get(key).Exec(ctx)
+			readOK("Get", err)
+		case 3:
+			_, err := c.GetPrefix("").Exec(ctx)
+			readOK("GetPrefix", err)
+		case 4:
+			err := c.Put(&host{Name: strings.TrimPrefix(key, "/"), Port: rng.IntN(1000)}).Exec(ctx)
+			readOK("Put", err)
+		}
+	}
+
+	start := time.Now()
+	rounds := 0
+	for ; rounds < lifecycleMaxRounds && time.Since(start) < lifecycleBudget; rounds++ {
+		var wg sync.WaitGroup
+		for g := range lifecycleCallers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				rng := rand.New(rand.NewPCG(uint64(rounds), uint64(g)))
+				for range lifecycleCalls {
+					call(rng)
+				}
+			}()
+		}
+		wg.Wait()
+
+		// Settled: whether a run is left or not, Start then reads work.
+		err := c.Start(ctx)
+		if err != nil {
+			require.ErrorIs(t, err, storage.ErrWatchAlreadyInProgress, "round %d", rounds)
+		}
+		_, err = c.GetPrefix("").Exec(ctx)
+		require.NoError(t, err, "round %d: Start says a run is in progress, reads disagree", rounds)
+		require.Empty(t, c.Error(), "round %d: the watch stopped", rounds)
+		bad.require(t)
+	}
+	t.Logf("%d rounds in %v", rounds, time.Since(start).Round(time.Millisecond))
+
+	stopWriter()
+	requireCacheMatchesEtcd(ctx, t, c, client, p)
+	c.Stop()
+	_, err := c.GetPrefix("").Exec(ctx)
+	require.ErrorContains(t, err, "cache not started")
+	require.NoError(t, c.Start(ctx))
+	requireCacheMatchesEtcd(ctx, t, c, client, p)
+	c.Stop()
+}
+
+// boomError is the error a hammer handler returns; run names the Watch call
+// whose handler returned it.
+type boomError struct{ run int64 }
+
+func (e boomError) Error() string { return fmt.Sprintf("boom from run %d", e.run) }
+
+// watchHammer is the state the handlers and callers of the watch hammer
+// share.
+type watchHammer struct {
+	op   storage.WatchOp[*host]
+	ctx  context.Context
+	bad  *lifecycleViolations
+	runs atomic.Int64 // ids handed out to Watch calls
+	calm atomic.Bool  // set while the test checks: handlers neither fail nor Close
+
+	active atomic.Int32 // handlers running now
+
+	mu        sync.Mutex       // protects the following fields
+	lastEntry int64            // the run whose handler was entered last
+	failed    map[int64]bool   // runs whose handler returned boomError after the initial read
+	closedIn  map[int64]bool   // runs closed from inside their handler
+	reported  map[int64]int    // runs by the number of errors received on Error()
+	sentinels map[int64]string // run -> the last sentinel key its handler got
+}
+
+func (h *watchHammer) handler(run int64) func(e *storage.Event[*host]) error {
+	rng := rand.New(rand.NewPCG(uint64(run), 17))
+	return func(e *storage.Event[*host]) error {
+		if h.active.Add(1) > 1 {
+			h.bad.add("run %d: two handlers at once", run)
+		}
+		defer h.active.Add(-1)
+		h.mu.Lock()
+		h.lastEntry = run
+		if strings.Contains(e.Key, "sentinel") {
+			h.sentinels[run] = e.Key
+		}
+		h.mu.Unlock()
+		if h.calm.Load() {
+			return nil
+		}
+		switch rng.IntN(30) {
+		case 0:
+			h.mu.Lock()
+			h.failed[run] = true // undone by Watch if this was its initial read
+			h.mu.Unlock()
+			return boomError{run}
+		case 1:
+			h.mu.Lock()
+			h.closedIn[run] = true
+			h.mu.Unlock()
+			h.op.Close()
+			if err := h.op.Watch(h.ctx, h.handler(h.runs.Add(1))); !errors.Is(err, storage.ErrWatchAlreadyInProgress) {
+				h.bad.add("run %d: Watch after Close inside the handler: %v", run, err)
+			}
+		case 2:
+			runtime.Gosched()
+		}
+		return nil
+	}
+}
+
+func (h *watchHammer) watch() {
+	run := h.runs.Add(1)
+	err := h.op.Watch(h.ctx, h.handler(run))
+	var boom boomError
+	switch {
+	case errors.As(err, &boom) && boom.run == run:
+		h.mu.Lock()
+		delete(h.failed, run) // returned by Watch, never sent on Error()
+		h.mu.Unlock()
+	case err != nil && !errors.Is(err, storage.ErrWatchAlreadyInProgress):
+		h.bad.add("Watch: %v", err)
+	}
+}
+
+// drain records every error on Error() until ctx ends.
+func (h *watchHammer) drain(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case err := <-h.op.Error():
+			var boom boomError
+			if !errors.As(err, &boom) {
+				h.bad.add("Error(): %v", err)
+				continue
+			}
+			h.mu.Lock()
+			h.reported[boom.run]++
+			if h.reported[boom.run] > 1 {
+				h.bad.add("run %d sent %d errors", boom.run, h.reported[boom.run])
+			}
+			h.mu.Unlock()
+		}
+	}
+}
+
+func TestLifecycleWatchUnderConcurrentWatchCloseAndHandlerCloses(t *testing.T) {
+	verifyNoLeaks(t)
+	client := newClient(t)
+	ctx := testContext(t)
+	const p = "/lc/"
+	startLifecycleWriter(ctx, t, client, p)
+	var bad lifecycleViolations
+	h := &watchHammer{op: storage.NewWatchPrefixOp[*host](client, p), ctx: ctx, bad: &bad,
+		failed: map[int64]bool{}, closedIn: map[int64]bool{}, reported: map[int64]int{}, sentinels: map[int64]string{}}
+	t.Cleanup(h.op.Close)
+	drainCtx, stopDrain := context.WithCancel(ctx)
+	drained := make(chan struct{})
+	go func() { defer close(drained); h.drain(drainCtx) }()
+	t.Cleanup(func() { stopDrain(); <-drained })
+
+	start := time.Now()
+	rounds := 0
+	for ; rounds < lifecycleMaxRounds && time.Since(start) < lifecycleBudget; rounds++ {
+		h.calm.Store(false)
+		var wg sync.WaitGroup
+		for g := range lifecycleCallers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				rng := rand.New(rand.NewPCG(uint64(rounds), uint64(g)))
+				for range lifecycleCalls {
+					if rng.IntN(2) == 0 {
+						h.watch()
+					} else {
+						h.op.Close()
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		h.calm.Store(true)
+		checkSettledWatch(t, h, client, fmt.Sprintf("%ssentinel-%d", p, rounds))
+		bad.require(t)
+	}
+	t.Logf("%d rounds, %d Watch calls in %v", rounds, h.runs.Load(), time.Since(start).Round(time.Millisecond))
+
+	t.Log("after the hammer: a new run delivers, and its error reaches Error()")
+	h.op.Close()
+	errBoom := errors.New("final")
+	got := make(chan string, 1)
+	require.NoError(t, h.op.Watch(ctx, func(e *storage.Event[*host]) error {
+		if e.Key == p+"final" {
+			got <- e.Key
+			return errBoom
+		}
+		return nil
+	}))
+	stopDrain()
+	<-drained
+	watchPut(t, client, p+"final", "f")
+	require.Equal(t, p+"final", recvValue(t, got))
+	require.ErrorIs(t, recvWatchError(t, h.op.Error()), errBoom)
+	h.op.Close()
+	bad.require(t)
+}
+
+// checkSettledWatch checks the op once no call is in progress: the run left
+// over, if any, is the one whose handler ran last. If that run was closed
+// from inside its handler, it ends by itself; if it failed, its error
+// reached Error(); else it still delivers. A Watch that found no run is
+// closed again, so that every round starts alike.
+func checkSettledWatch(t *testing.T, h *watchHammer, client *clientv3.Client, sentinel string) {
+	t.Helper()
+	probe := func() bool {
+		err := h.op.Watch(h.ctx, h.handler(h.runs.Add(1)))
+		if err == nil {
+			h.op.Close()
+			return true
+		}
+		require.ErrorIs(t, err, storage.ErrWatchAlreadyInProgress)
+		return false
+	}
+	if probe() {
+		return
+	}
+	h.mu.Lock()
+	run := h.lastEntry
+	failed, closedIn := h.failed[run], h.closedIn[run]
+	h.mu.Unlock()
+	if closedIn {
+		require.Eventually(t, probe, watchWait, time.Millisecond, "run %d, closed from inside its handler, never ended", run)
+		return
+	}
+	if failed {
+		require.Eventually(t, func() bool {
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			return h.reported[run] == 1
+		}, watchWait, time.Millisecond, "run %d failed and is in progress: its error never reached Error()", run)
+		return
+	}
+	watchPut(t, client, sentinel, "s")
+	require.Eventually(t, func() bool {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		return h.sentinels[run] == sentinel
+	}, watchWait, time.Millisecond, "run %d is in progress but does not deliver", run)
+}
