@@ -109,8 +109,10 @@ type Server struct {
 // and connects a client to it. The caller must call [Server.Close], which
 // also closes the client.
 //
-// Start waits up to 30 seconds for the server to be ready. On any error the
-// server is stopped and its directory removed before Start returns.
+// Start waits up to 30 seconds for the server to be ready, then for the
+// client's first answer within its DialTimeout (5 seconds unless
+// [WithClientConfig] changes it). On any error the server is stopped and its
+// directory removed before Start returns.
 func Start(opts ...Option) (*Server, error) {
 	var o options
 	for _, opt := range opts {
@@ -139,7 +141,28 @@ func Start(opts ...Option) (*Server, error) {
 	if err != nil {
 		return nil, errors.Join(err, s.Close())
 	}
+	if err := probe(s.client, cfg); err != nil {
+		return nil, errors.Join(err, s.Close())
+	}
 	return s, nil
+}
+
+// probe waits for the client's first answer, within its DialTimeout.
+// clientv3.New does not wait for a connection, and from etcd 3.7 on
+// DialTimeout does not bound one either: without a probe, a client
+// configuration that cannot reach the server (wrong endpoints or TLS from
+// WithClientConfig) would surface as a hanging first request in the test.
+func probe(client *clientv3.Client, cfg clientv3.Config) error {
+	timeout := cfg.DialTimeout
+	if timeout <= 0 {
+		timeout = dialTimeout
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if _, err := client.Get(ctx, "storagetest-probe", clientv3.WithCountOnly()); err != nil {
+		return fmt.Errorf("start etcd: client cannot reach it at %v within %v: %w", cfg.Endpoints, timeout, err)
+	}
+	return nil
 }
 
 // startEtcd starts an embedded etcd keeping its data in dir and returns it
