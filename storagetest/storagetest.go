@@ -49,7 +49,10 @@ type options struct {
 // filled in its defaults (data dir, name, loopback URLs on port 0, fast ticks,
 // a no-op logger) and before the server starts. Use it for limits such as
 // MaxTxnOps, MaxRequestBytes or WatchProgressNotifyInterval. f must not change
-// the data dir, the name or the URLs: [Server] relies on them. To see etcd's
+// the data dir, the name, or the URLs' hosts and ports: [Server] relies on
+// them. f may serve clients over TLS (the client URLs' scheme set to https,
+// and ClientTLSInfo): [Server.Endpoints] then say https, and the client made
+// at start needs a TLS config from [WithClientConfig]. To see etcd's
 // logs while debugging, set ZapLoggerBuilder, e.g. to
 // embed.NewZapLoggerBuilder(zaptest.NewLogger(t)).
 //
@@ -123,15 +126,11 @@ func Start(opts ...Option) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start etcd: create data dir: %w", err)
 	}
-	e, err := startEtcd(dir, o.server)
+	e, endpoint, err := startEtcd(dir, o.server)
 	if err != nil {
 		return nil, errors.Join(err, removeDir(dir))
 	}
-	s := &Server{
-		etcd:      e,
-		dir:       dir,
-		endpoints: []string{"http://" + e.Clients[0].Addr().String()},
-	}
+	s := &Server{etcd: e, dir: dir, endpoints: []string{endpoint}}
 
 	cfg := s.clientConfig(clientv3.Config{DialTimeout: dialTimeout})
 	for _, f := range o.client {
@@ -166,12 +165,12 @@ func probe(client *clientv3.Client, cfg clientv3.Config) error {
 }
 
 // startEtcd starts an embedded etcd keeping its data in dir and returns it
-// once it serves clients. On error nothing is left running; dir is the
-// caller's to remove.
-func startEtcd(dir string, configure []func(*embed.Config)) (*embed.Etcd, error) {
+// and its client URL once it serves clients. On error nothing is left
+// running; dir is the caller's to remove.
+func startEtcd(dir string, configure []func(*embed.Config)) (*embed.Etcd, string, error) {
 	local, err := url.Parse(anyLocalPort)
 	if err != nil {
-		return nil, fmt.Errorf("start etcd: parse %s: %w", anyLocalPort, err)
+		return nil, "", fmt.Errorf("start etcd: parse %s: %w", anyLocalPort, err)
 	}
 
 	cfg := embed.NewConfig()
@@ -200,20 +199,23 @@ func startEtcd(dir string, configure []func(*embed.Config)) (*embed.Etcd, error)
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		// StartEtcd closes whatever it started before returning an error.
-		return nil, fmt.Errorf("start etcd in %s: %w", dir, err)
+		return nil, "", fmt.Errorf("start etcd in %s: %w", dir, err)
 	}
+	// The scheme is the configured one (https when f set up TLS); the port
+	// is the one the listener got.
+	endpoint := cfg.ListenClientUrls[0].Scheme + "://" + e.Clients[0].Addr().String()
 
 	timer := time.NewTimer(readyTimeout)
 	defer timer.Stop()
 	select {
 	case <-e.Server.ReadyNotify():
-		return e, nil
+		return e, endpoint, nil
 	case err := <-e.Err():
 		e.Close()
-		return nil, fmt.Errorf("start etcd in %s: serve: %w", dir, err)
+		return nil, "", fmt.Errorf("start etcd in %s: serve: %w", dir, err)
 	case <-timer.C:
 		e.Close()
-		return nil, fmt.Errorf("start etcd in %s: not ready after %v", dir, readyTimeout)
+		return nil, "", fmt.Errorf("start etcd in %s: not ready after %v", dir, readyTimeout)
 	}
 }
 
