@@ -56,9 +56,10 @@ type options struct {
 // logs while debugging, set ZapLoggerBuilder, e.g. to
 // embed.NewZapLoggerBuilder(zaptest.NewLogger(t)).
 //
-// In etcd v3.6 the embedded server reads WatchProgressNotifyInterval only;
-// the deprecated ExperimentalWatchProgressNotifyInterval is copied into it by
-// etcd's command line alone, so setting it here has no effect.
+// The embedded server reads WatchProgressNotifyInterval only. etcd v3.6
+// also has the deprecated ExperimentalWatchProgressNotifyInterval, which
+// etcd's command line alone copies into it, so setting it here has no
+// effect; v3.7 removed it.
 func WithServerConfig(f func(*embed.Config)) Option {
 	return func(o *options) { o.server = append(o.server, f) }
 }
