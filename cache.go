@@ -351,7 +351,7 @@ func (c *cache[V]) apply(_ context.Context, events []*clientv3.Event) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, ev := range events {
-		if ev.Type == mvccpb.DELETE {
+		if ev.Type == clientv3.EventTypeDelete {
 			c.deleteLocked(string(ev.Kv.Key), ev.Kv.ModRevision)
 			continue
 		}

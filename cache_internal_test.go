@@ -55,13 +55,13 @@ func storedKVs(stored []kvAt) []*mvccpb.KeyValue {
 func testItemBytes(name string) []byte { return fmt.Appendf(nil, `{"name":%q}`, name) }
 
 func cachePutEvent(key, name string, version, rev int64) *clientv3.Event {
-	return &clientv3.Event{Type: mvccpb.PUT, Kv: kvAt{key, name, version, rev}.kv()}
+	return &clientv3.Event{Type: clientv3.EventTypePut, Kv: kvAt{key, name, version, rev}.kv()}
 }
 
 // cacheDeleteEvent is a watched delete: etcd sets the key and, as mod revision,
 // the revision of the delete.
 func cacheDeleteEvent(key string, rev int64) *clientv3.Event {
-	return &clientv3.Event{Type: mvccpb.DELETE, Kv: &mvccpb.KeyValue{Key: []byte(key), ModRevision: rev}}
+	return &clientv3.Event{Type: clientv3.EventTypeDelete, Kv: &mvccpb.KeyValue{Key: []byte(key), ModRevision: rev}}
 }
 
 // cacheStep is one thing that reaches the cache.
@@ -333,7 +333,7 @@ func TestCacheWriteThroughBeforeStartIsIgnored(t *testing.T) {
 
 func TestCacheAnswersChangedUndecodableBytesWithTheDecodeError(t *testing.T) {
 	c := newTestCache(t, kvAt{"/p/a", "a1", 1, 5})
-	bad := &clientv3.Event{Type: mvccpb.PUT, Kv: &mvccpb.KeyValue{Key: []byte("/p/a"), Value: []byte("{not json"), Version: 2, ModRevision: 12}}
+	bad := &clientv3.Event{Type: clientv3.EventTypePut, Kv: &mvccpb.KeyValue{Key: []byte("/p/a"), Value: []byte("{not json"), Version: 2, ModRevision: 12}}
 	require.NoError(t, c.apply(context.Background(), []*clientv3.Event{bad}))
 
 	v, err := c.Get("/p/a").Exec(context.Background())

@@ -114,7 +114,7 @@ func (r *chaosRecorder) add(resp clientv3.WatchResponse) {
 	}
 	rev := r.lastEvent
 	if resp.IsProgressNotify() {
-		rev = max(rev, resp.Header.Revision)
+		rev = max(rev, resp.Header.GetRevision())
 	}
 	if rev > r.reached {
 		r.reached = rev

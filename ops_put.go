@@ -208,37 +208,3 @@ func (p *putOp[V]) UpdateCache() {
 }
 
 func (p *putOp[V]) txnKey() (kind, key, end string) { return "put", p.key, "" }
-
-// expectation is the one compare a conditional op sends: the key's mod
-// revision when the value carries one (RevisionedValue), else its version.
-type expectation struct {
-	modRevision int64 // compared when > 0
-	version     int64
-}
-
-func expect(v Value) expectation {
-	return expectation{modRevision: modRevisionOf(v), version: v.Version()}
-}
-
-func (e expectation) cmp(key string) clientv3.Cmp {
-	if e.modRevision > 0 {
-		// An equal mod revision implies an equal version, and a re-created
-		// key always has a new one: safe against delete and re-create.
-		return clientv3.Compare(clientv3.ModRevision(key), "=", e.modRevision)
-	}
-	return clientv3.Compare(clientv3.Version(key), "=", e.version)
-}
-
-func (e expectation) failure(what string, kv *mvccpb.KeyValue) error {
-	var version, modRevision int64 // a missing key has both 0
-	if kv != nil {
-		version, modRevision = kv.Version, kv.ModRevision
-	}
-	switch {
-	case e.modRevision > 0 && modRevision != e.modRevision:
-		return fmt.Errorf("%s: mod revision %d, stored %d: %w", what, e.modRevision, modRevision, ErrValueVersionMismatch)
-	case e.modRevision == 0 && version != e.version:
-		return fmt.Errorf("%s: version %d, stored %d: %w", what, e.version, version, ErrValueVersionMismatch)
-	}
-	return nil
-}

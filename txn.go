@@ -1,7 +1,6 @@
 package storage
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,7 +8,6 @@ import (
 	"strings"
 	"sync"
 
-	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -177,31 +175,23 @@ func commitOnce(ctx context.Context, client *clientv3.Client, ops []TxnOperation
 	}
 	// Compares are collected after every op was built: building refuses
 	// what a compare could not handle, such as a nil value.
-	var cmps []clientv3.Cmp
-	if len(ops) > 1 {
-		// Sized for one compare per op, as the package's conditional ops
-		// have; a lone op, often a plain put, needs no slice at all.
-		cmps = make([]clientv3.Cmp, 0, len(ops))
-	}
-	for _, op := range ops {
-		cmps = append(cmps, op.Cmps()...)
-	}
-	if len(ops) == 1 && len(cmps) == 0 {
+	cmps := collectCmps(ops)
+	if len(ops) == 1 && len(cmps.all) == 0 {
 		return commitOne(ctx, client, ops[0], clientOps[0])
 	}
 
-	elseOps := readCompared(cmps)
-	resp, err := client.Txn(ctx).If(cmps...).Then(clientOps...).Else(elseOps...).Commit()
+	resp, err := client.Txn(ctx).If(cmps.all...).Then(clientOps...).Else(cmps.elseOps()...).Commit()
 	if err != nil {
-		// The else reads (one per compared key) never outnumber the compares,
-		// so the caller's ops and compares are the counts that hit a limit.
-		return wrapRequestErr(describeTxn(ops), err, len(clientOps), len(cmps))
+		// The else branch (one op per compare at most) never outnumbers the
+		// compares, so the caller's ops and compares are the counts that hit
+		// a limit.
+		return wrapRequestErr(describeTxn(ops), err, len(clientOps), len(cmps.all))
 	}
 	for _, op := range ops {
 		op.UpdateRevision(resp.Header.Revision)
 	}
 	if !resp.Succeeded {
-		return explainFailure(ops, clientOps, resp.Responses)
+		return cmps.explain(ops, clientOps, resp.Responses)
 	}
 	prevKVs := make(map[string]*mvccpb.KeyValue)
 	for i, r := range resp.Responses {
@@ -258,110 +248,6 @@ func finish(ops []TxnOperation, prevKVs map[string]*mvccpb.KeyValue) {
 			c.UpdateCache()
 		}
 	}
-}
-
-// readCompared returns the else branch: a read of every compared key, once
-// each, which gives the stored version and mod revision. It reads keys only,
-// unless a compare on the key is on its value (an op from elsewhere may send
-// one): telling whether that compare held needs the value.
-func readCompared(cmps []clientv3.Cmp) []clientv3.Op {
-	keys := make([]string, 0, len(cmps))
-	needValue := make(map[string]bool, len(cmps))
-	for _, c := range cmps {
-		key := string(c.KeyBytes())
-		if _, seen := needValue[key]; !seen {
-			keys = append(keys, key)
-		}
-		needValue[key] = needValue[key] || c.Target == pb.Compare_VALUE
-	}
-	ops := make([]clientv3.Op, len(keys))
-	for i, key := range keys {
-		if needValue[key] {
-			ops[i] = clientv3.OpGet(key)
-		} else {
-			ops[i] = clientv3.OpGet(key, clientv3.WithKeysOnly())
-		}
-	}
-	return ops
-}
-
-// explainFailure builds the error of a failed transaction from the else
-// branch's reads: each failed op, and why. An op from elsewhere is named by
-// the kind and key of the op it sent.
-func explainFailure(ops []TxnOperation, clientOps []clientv3.Op, reads []*pb.ResponseOp) error {
-	stored := make(map[string]*mvccpb.KeyValue)
-	for _, r := range reads {
-		for _, kv := range r.GetResponseRange().GetKvs() {
-			stored[string(kv.Key)] = kv
-		}
-	}
-	var failed []error
-	for i, op := range ops {
-		if e, ok := op.(explainer); ok {
-			if err := e.failure(stored[firstCmpKey(op)]); err != nil {
-				failed = append(failed, err)
-			}
-			continue
-		}
-		for _, c := range op.Cmps() {
-			if !cmpHolds(c, stored[string(c.KeyBytes())]) {
-				failed = append(failed, fmt.Errorf("%s %s: compare on %s failed",
-					opKind(clientOps[i]), clientOps[i].KeyBytes(), c.KeyBytes()))
-			}
-		}
-	}
-	return &txnFailedError{failed: failed}
-}
-
-func firstCmpKey(op TxnOperation) string {
-	if k, ok := op.(txnKeyer); ok {
-		_, key, _ := k.txnKey()
-		return key
-	}
-	return ""
-}
-
-// cmpHolds evaluates a compare against a key as read (nil: missing, all
-// fields zero), as etcd does.
-func cmpHolds(c clientv3.Cmp, kv *mvccpb.KeyValue) bool {
-	if kv == nil {
-		kv = &mvccpb.KeyValue{}
-	}
-	pc := (*pb.Compare)(&c)
-	var r int
-	switch c.Target {
-	case pb.Compare_VERSION:
-		r = cmpInt(kv.Version, pc.GetVersion())
-	case pb.Compare_CREATE:
-		r = cmpInt(kv.CreateRevision, pc.GetCreateRevision())
-	case pb.Compare_MOD:
-		r = cmpInt(kv.ModRevision, pc.GetModRevision())
-	case pb.Compare_LEASE:
-		r = cmpInt(kv.Lease, pc.GetLease())
-	case pb.Compare_VALUE:
-		r = bytes.Compare(kv.Value, pc.GetValue())
-	}
-	switch c.Result {
-	case pb.Compare_EQUAL:
-		return r == 0
-	case pb.Compare_GREATER:
-		return r > 0
-	case pb.Compare_LESS:
-		return r < 0
-	case pb.Compare_NOT_EQUAL:
-		return r != 0
-	}
-	return false
-}
-
-func cmpInt(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // checkDuplicates refuses, before any request, a key no request may carry

@@ -660,6 +660,72 @@ func TestTxnForeignOp(t *testing.T) {
 		require.NotContains(t, err.Error(), "/x", "a compare that held is reported as failed")
 		assert.Nil(t, txnStored(t, client, "/f"))
 	})
+
+	// etcd judges each foreign compare (clientv3.Cmp cannot be read back
+	// from 3.7 on), so its verdict holds where a reading of the compared key
+	// would not: over a range, and for a value of a missing key.
+	t.Run("each compare is reported as etcd judged it", func(t *testing.T) {
+		client := newClient(t)
+		put(t, client, "/x", "yes")
+		put(t, client, "/p/a", "1")
+		rev := put(t, client, "/p/b", "2")
+		foreign := &foreignOp{key: "/f", val: "raw", cmps: []clientv3.Cmp{
+			clientv3.Compare(clientv3.Value("/x"), "=", "yes"), // holds
+			// Fails on /p/b alone; /p/ itself does not exist.
+			clientv3.Compare(clientv3.ModRevision("/p/").WithPrefix(), "<", rev),
+			// etcd fails any value compare on a missing key, even "!=".
+			clientv3.Compare(clientv3.Value("/missing"), "!=", "x"),
+			clientv3.Compare(clientv3.Version("/p/a"), "=", 1), // holds
+		}}
+
+		err := storage.NewTxn(client, foreign).Commit(testContext(t))
+
+		require.ErrorIs(t, err, storage.ErrOperationConstraintViolated)
+		require.ErrorContains(t, err, "put /f: compare on /p/ failed; put /f: compare on /missing failed")
+		require.NotContains(t, err.Error(), "/x", "a compare that held is reported as failed")
+		require.NotContains(t, err.Error(), "/p/a", "a compare that held is reported as failed")
+		assert.Nil(t, txnStored(t, client, "/f"))
+	})
+
+	t.Run("a value compare over a range sees the value of a key our op compares", func(t *testing.T) {
+		client := newClient(t)
+		put(t, client, "/v/a", `{"name":"x"}`)
+		put(t, client, "/v/b", `{"name":"x"}`)
+		update := storage.NewUpdateOp(client, "/v/a", hostAt("y", 1)) // holds
+		foreign := &foreignOp{key: "/f", val: "raw", cmps: []clientv3.Cmp{
+			clientv3.Compare(clientv3.Value("/v/").WithPrefix(), "=", `{"name":"x"}`), // holds
+			clientv3.Compare(clientv3.Version("/nope"), ">", 0),                       // fails
+		}}
+
+		err := storage.NewTxn(client, foreign, update).Commit(testContext(t)) // the range is read first
+
+		require.ErrorIs(t, err, storage.ErrOperationConstraintViolated)
+		require.ErrorContains(t, err, "put /f: compare on /nope failed")
+		require.NotContains(t, err.Error(), "/v/", "a compare that held is reported as failed")
+	})
+
+	t.Run("128 compares, ours and its, fit the default operation limit when they fail", func(t *testing.T) {
+		client := newClient(t)
+		ctx := testContext(t)
+		var ops []storage.TxnOperation
+		var cmps []clientv3.Cmp
+		for i := range 64 {
+			ours, its := fmt.Sprintf("/ours/%02d", i), fmt.Sprintf("/its/%02d", i)
+			put(t, client, ours, `{"name":"taken"}`)
+			put(t, client, its, "taken")
+			ops = append(ops, storage.NewCreateOp(client, ours, &host{}))
+			cmps = append(cmps, clientv3.Compare(clientv3.Version(its), "=", 0))
+		}
+		ops = append(ops, &foreignOp{key: "/f", val: "raw", cmps: cmps})
+
+		err := storage.NewTxn(client, ops...).Commit(ctx)
+
+		require.ErrorIs(t, err, storage.ErrOperationConstraintViolated, "the else branch must fit the limit too")
+		require.NotErrorIs(t, err, rpctypes.ErrTooManyOps)
+		msg := err.Error()
+		assert.Equal(t, 64, strings.Count(msg, ": key already exists"), msg)
+		assert.Equal(t, 64, strings.Count(msg, "put /f: compare on /its/"), msg)
+	})
 }
 
 func TestTxnCommitWithACancelledContextFails(t *testing.T) {

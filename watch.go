@@ -219,7 +219,7 @@ func (h *handlerSink[V]) apply(ctx context.Context, events []*clientv3.Event) er
 		if err := h.deliver(ctx, watchEvent[V](ev)); err != nil {
 			return err
 		}
-		if ev.Type == mvccpb.DELETE {
+		if ev.Type == clientv3.EventTypeDelete {
 			delete(h.known, string(ev.Kv.Key))
 		} else {
 			h.known[string(ev.Kv.Key)] = ev.Kv.ModRevision
@@ -263,10 +263,12 @@ func readEvent[V Value](kv *mvccpb.KeyValue, rev int64) *Event[V] {
 // watchEvent is the Event of an etcd watch event.
 func watchEvent[V Value](ev *clientv3.Event) *Event[V] {
 	e := &Event[V]{Key: string(ev.Kv.Key), Revision: ev.Kv.ModRevision}
+	// clientv3's names for the event types exist in etcd 3.6 and 3.7 alike;
+	// mvccpb's are PUT in 3.6 and Event_PUT in 3.7.
 	switch ev.Type {
-	case mvccpb.DELETE:
+	case clientv3.EventTypeDelete:
 		e.Type = EventTypeDelete
-	case mvccpb.PUT:
+	case clientv3.EventTypePut:
 		e.Type, e.IsCreate, e.IsModify = EventTypePut, ev.IsCreate(), ev.IsModify()
 		decodeInto(e, ev.Kv)
 	default:

@@ -365,7 +365,7 @@ func (w *watcher) watchFrom(ctx context.Context, s sink, rev *int64, failures *i
 			// Progress notifications come only when every change up to the
 			// header revision has been sent, unlike other responses, whose
 			// header can run ahead of their events during a catch-up.
-			if h := resp.Header.Revision; h > *rev {
+			if h := resp.Header.GetRevision(); h > *rev {
 				*rev = h
 				w.progress.Add(1)
 				s.progressed(h)
@@ -380,7 +380,7 @@ func (w *watcher) watchFrom(ctx context.Context, s sink, rev *int64, failures *i
 		}
 		*rev = resp.Events[len(resp.Events)-1].Kv.ModRevision
 		if w.canary == canaryResumeFromHeader {
-			*rev = resp.Header.Revision
+			*rev = resp.Header.GetRevision()
 		}
 	}
 }

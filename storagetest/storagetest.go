@@ -49,13 +49,17 @@ type options struct {
 // filled in its defaults (data dir, name, loopback URLs on port 0, fast ticks,
 // a no-op logger) and before the server starts. Use it for limits such as
 // MaxTxnOps, MaxRequestBytes or WatchProgressNotifyInterval. f must not change
-// the data dir, the name or the URLs: [Server] relies on them. To see etcd's
+// the data dir, the name, or the URLs' hosts and ports: [Server] relies on
+// them. f may serve clients over TLS (the client URLs' scheme set to https,
+// and ClientTLSInfo): [Server.Endpoints] then say https, and the client made
+// at start needs a TLS config from [WithClientConfig]. To see etcd's
 // logs while debugging, set ZapLoggerBuilder, e.g. to
 // embed.NewZapLoggerBuilder(zaptest.NewLogger(t)).
 //
-// In etcd v3.6 the embedded server reads WatchProgressNotifyInterval only;
-// the deprecated ExperimentalWatchProgressNotifyInterval is copied into it by
-// etcd's command line alone, so setting it here has no effect.
+// The embedded server reads WatchProgressNotifyInterval only. etcd v3.6
+// also has the deprecated ExperimentalWatchProgressNotifyInterval, which
+// etcd's command line alone copies into it, so setting it here has no
+// effect; v3.7 removed it.
 func WithServerConfig(f func(*embed.Config)) Option {
 	return func(o *options) { o.server = append(o.server, f) }
 }
@@ -109,8 +113,10 @@ type Server struct {
 // and connects a client to it. The caller must call [Server.Close], which
 // also closes the client.
 //
-// Start waits up to 30 seconds for the server to be ready. On any error the
-// server is stopped and its directory removed before Start returns.
+// Start waits up to 30 seconds for the server to be ready, then for the
+// client's first answer within its DialTimeout (5 seconds unless
+// [WithClientConfig] changes it). On any error the server is stopped and its
+// directory removed before Start returns.
 func Start(opts ...Option) (*Server, error) {
 	var o options
 	for _, opt := range opts {
@@ -121,15 +127,11 @@ func Start(opts ...Option) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start etcd: create data dir: %w", err)
 	}
-	e, err := startEtcd(dir, o.server)
+	e, endpoint, err := startEtcd(dir, o.server)
 	if err != nil {
 		return nil, errors.Join(err, removeDir(dir))
 	}
-	s := &Server{
-		etcd:      e,
-		dir:       dir,
-		endpoints: []string{"http://" + e.Clients[0].Addr().String()},
-	}
+	s := &Server{etcd: e, dir: dir, endpoints: []string{endpoint}}
 
 	cfg := s.clientConfig(clientv3.Config{DialTimeout: dialTimeout})
 	for _, f := range o.client {
@@ -139,16 +141,37 @@ func Start(opts ...Option) (*Server, error) {
 	if err != nil {
 		return nil, errors.Join(err, s.Close())
 	}
+	if err := probe(s.client, cfg); err != nil {
+		return nil, errors.Join(err, s.Close())
+	}
 	return s, nil
 }
 
+// probe waits for the client's first answer, within its DialTimeout.
+// clientv3.New does not wait for a connection, and from etcd 3.7 on
+// DialTimeout does not bound one either: without a probe, a client
+// configuration that cannot reach the server (wrong endpoints or TLS from
+// WithClientConfig) would surface as a hanging first request in the test.
+func probe(client *clientv3.Client, cfg clientv3.Config) error {
+	timeout := cfg.DialTimeout
+	if timeout <= 0 {
+		timeout = dialTimeout
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if _, err := client.Get(ctx, "storagetest-probe", clientv3.WithCountOnly()); err != nil {
+		return fmt.Errorf("start etcd: client cannot reach it at %v within %v: %w", cfg.Endpoints, timeout, err)
+	}
+	return nil
+}
+
 // startEtcd starts an embedded etcd keeping its data in dir and returns it
-// once it serves clients. On error nothing is left running; dir is the
-// caller's to remove.
-func startEtcd(dir string, configure []func(*embed.Config)) (*embed.Etcd, error) {
+// and its client URL once it serves clients. On error nothing is left
+// running; dir is the caller's to remove.
+func startEtcd(dir string, configure []func(*embed.Config)) (*embed.Etcd, string, error) {
 	local, err := url.Parse(anyLocalPort)
 	if err != nil {
-		return nil, fmt.Errorf("start etcd: parse %s: %w", anyLocalPort, err)
+		return nil, "", fmt.Errorf("start etcd: parse %s: %w", anyLocalPort, err)
 	}
 
 	cfg := embed.NewConfig()
@@ -177,20 +200,23 @@ func startEtcd(dir string, configure []func(*embed.Config)) (*embed.Etcd, error)
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		// StartEtcd closes whatever it started before returning an error.
-		return nil, fmt.Errorf("start etcd in %s: %w", dir, err)
+		return nil, "", fmt.Errorf("start etcd in %s: %w", dir, err)
 	}
+	// The scheme is the configured one (https when f set up TLS); the port
+	// is the one the listener got.
+	endpoint := cfg.ListenClientUrls[0].Scheme + "://" + e.Clients[0].Addr().String()
 
 	timer := time.NewTimer(readyTimeout)
 	defer timer.Stop()
 	select {
 	case <-e.Server.ReadyNotify():
-		return e, nil
+		return e, endpoint, nil
 	case err := <-e.Err():
 		e.Close()
-		return nil, fmt.Errorf("start etcd in %s: serve: %w", dir, err)
+		return nil, "", fmt.Errorf("start etcd in %s: serve: %w", dir, err)
 	case <-timer.C:
 		e.Close()
-		return nil, fmt.Errorf("start etcd in %s: not ready after %v", dir, readyTimeout)
+		return nil, "", fmt.Errorf("start etcd in %s: not ready after %v", dir, readyTimeout)
 	}
 }
 

@@ -247,6 +247,25 @@ func TestStart(t *testing.T) {
 		goleak.VerifyNone(t, ignore)
 	})
 
+	t.Run("a client that cannot reach the server fails Start within its DialTimeout", func(t *testing.T) {
+		tmp := t.TempDir()
+		t.Setenv("TMPDIR", tmp)
+		ignore := goleak.IgnoreCurrent()
+
+		// clientv3.New succeeds for an endpoint nobody listens on (port 1):
+		// only the probe of Start can fail here.
+		_, err := storagetest.Start(storagetest.WithClientConfig(func(cfg *clientv3.Config) {
+			cfg.Endpoints = []string{"127.0.0.1:1"}
+			cfg.DialTimeout = 300 * time.Millisecond
+		}))
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+		require.ErrorContains(t, err, "start etcd: client cannot reach it at [127.0.0.1:1] within 300ms")
+		entries, err := os.ReadDir(tmp)
+		require.NoError(t, err)
+		require.Empty(t, entries, "a failed Start must remove the data dir")
+		goleak.VerifyNone(t, ignore)
+	})
+
 	t.Run("clients from NewClient fail after Close", func(t *testing.T) {
 		s, err := storagetest.Start()
 		require.NoError(t, err)

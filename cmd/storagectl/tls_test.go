@@ -19,6 +19,7 @@ import (
 	"github.com/etcdkit/storage/storagetest"
 	"github.com/stretchr/testify/require"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 )
 
@@ -72,11 +73,17 @@ func TestTLS(t *testing.T) {
 // certificates, and returns its https endpoint.
 //
 // storagetest has no TLS option, but WithServerConfig can switch the client
-// URL's scheme to https (host and port 0 stay as storagetest set them).
-// Server.Endpoints still says http, since storagetest builds it as
-// "http://" + the listener's address: the test changes the scheme back.
+// URL's scheme to https (host and port 0 stay as storagetest set them), and
+// WithClientConfig gives the client made at start, which storagetest probes,
+// the certificates it needs.
 func startTLSEtcd(t *testing.T, certs testCerts) string {
 	t.Helper()
+	clientTLS, err := transport.TLSInfo{
+		CertFile:      certs.clientCert,
+		KeyFile:       certs.clientKey,
+		TrustedCAFile: certs.ca,
+	}.ClientConfig()
+	require.NoError(t, err)
 	ep, _ := startEtcd(t, storagetest.WithServerConfig(func(cfg *embed.Config) {
 		for _, urls := range []*[]url.URL{&cfg.ListenClientUrls, &cfg.AdvertiseClientUrls} {
 			for i := range *urls {
@@ -89,9 +96,9 @@ func startTLSEtcd(t *testing.T, certs testCerts) string {
 			TrustedCAFile:  certs.ca,
 			ClientCertAuth: true,
 		}
-	}))
-	require.True(t, strings.HasPrefix(ep, "http://"), "endpoint %s", ep)
-	return "https://" + strings.TrimPrefix(ep, "http://")
+	}), storagetest.WithClientConfig(func(cfg *clientv3.Config) { cfg.TLS = clientTLS }))
+	require.True(t, strings.HasPrefix(ep, "https://"), "endpoint %s", ep)
+	return ep
 }
 
 // testCerts are the paths of PEM files made for one test.
