@@ -49,3 +49,23 @@ func SetCacheCanary[V Value](c Cache[V], name string) { c.(*cache[V]).w.canary =
 func SetWatchRestartHook[V Value](op WatchOp[V], f func(lastRev, readRev int64)) {
 	op.(*watchOp[V]).w.onRestart = f
 }
+
+// WatchEnded reports whether op's run has ended by itself: no run is in
+// progress, or its goroutine has exited. Call it before Close, which ends
+// the run too. A canary run uses it to prove that closed-is-end met a
+// closed watch channel.
+func WatchEnded[V Value](op WatchOp[V]) bool {
+	w := op.(*watchOp[V]).w
+	w.mu.Lock()
+	run := w.run
+	w.mu.Unlock()
+	if run == nil {
+		return true
+	}
+	select {
+	case <-run.donec:
+		return true
+	default:
+		return false
+	}
+}
