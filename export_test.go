@@ -7,14 +7,16 @@ type Recovery struct {
 	Resumes  int64 // watches restarted after a failure
 	Relists  int64 // re-reads after a compaction
 	Progress int64 // progress notifications that moved the resume revision
-	Backlogs int64 // streams cancelled because the handler lagged too far
+	// ProgressRev is the revision the latest of them moved it to.
+	ProgressRev int64
+	Backlogs    int64 // streams cancelled because the handler lagged too far
 	// MaxPending is the largest backlog of received, undelivered events seen.
 	MaxPending int64
 }
 
 func recoveryOf(w *watcher) Recovery {
 	return Recovery{Resumes: w.resumes.Load(), Relists: w.relists.Load(), Progress: w.progress.Load(),
-		Backlogs: w.backlogs.Load(), MaxPending: w.maxPendingSeen.Load()}
+		ProgressRev: w.progressRev.Load(), Backlogs: w.backlogs.Load(), MaxPending: w.maxPendingSeen.Load()}
 }
 
 // WatchRecovery returns the recovery counters of a WatchOp.
