@@ -1339,7 +1339,9 @@ func TestEdgeTTLHoldsAcrossLeaderKill(t *testing.T) {
 	observed := make(chan edgeTTLObservation, 1)
 	// A new leader restarts every lease at its full TTL (ceil(3.5 s) = 4 s),
 	// so the key may live up to about 1.5 s + election + 4 s + 0.5 s.
-	go func() { observed <- edgeObserveTTL(ctx, client, o, o.sent.Add(ttl/2+edgeTTLBound(ttl)+edgeTTLPatience)) }()
+	go func() {
+		observed <- edgeObserveTTL(ctx, client, o, o.sent.Add(ttl/2+edgeTTLBound(ttl)+edgeTTLPatience))
+	}()
 	time.Sleep(time.Until(o.sent.Add(ttl / 2))) // when the fault starts, not a synchronisation
 	clus.Members[leader].Stop(t)
 	killed := time.Now()
