@@ -52,7 +52,7 @@ const (
 	chaosSubKeys     = 20 // keys per sub-prefix: 200 keys in all
 	chaosOpTimeout   = 1500 * time.Millisecond
 	chaosPhase       = 1500 * time.Millisecond // the quiet phases before and after the faults
-	chaosConverge    = 15 * time.Second        // bound of every wait for convergence
+	chaosConverge    = 30 * time.Second        // bound of every wait for convergence
 	// chaosPhaseDeadline bounds a quiet phase waiting for its amounts: a
 	// run that needs longer was on a machine too slow to judge it.
 	chaosPhaseDeadline = 90 * time.Second
@@ -156,8 +156,9 @@ type chaosOptions struct {
 	seed   uint64
 	faults []string // nil: one or two picked by the seed
 	canary string   // non-empty: watch w0 and cache c0 are broken on purpose
-	// converge bounds every wait for convergence (default chaosConverge);
-	// canary runs, which are meant to fail, lower it.
+	// converge bounds the waits for the subjects broken on purpose to
+	// converge (default chaosConverge), which they may never do; canary
+	// runs lower it. Healthy subjects always get chaosConverge.
 	converge time.Duration
 }
 
@@ -572,17 +573,28 @@ func (r *chaosTrial) digest(ctx context.Context, when string) {
 		r.violate("", "digest %s: read the revision: %v", when, err)
 		return
 	}
-	wctx, cancel := context.WithTimeout(ctx, r.opt.converge)
+	wctx, cancel := context.WithTimeout(ctx, chaosConverge)
 	defer cancel()
 	if err := r.rec.waitReached(wctx, rev); err != nil {
 		r.violate("", "digest %s: %v", when, err)
 		return
 	}
 	for _, s := range r.caches {
-		if msg := r.cacheConverges(wctx, s, false); msg != "" {
+		sctx, cancel := context.WithTimeout(ctx, r.converge(s.name))
+		if msg := r.cacheConverges(sctx, s, false); msg != "" {
 			r.violate(s.name, "digest %s (truth at revision %d or later): %s", when, rev, msg)
 		}
+		cancel()
 	}
+}
+
+// converge bounds the waits for subject to converge: chaosConverge, or the
+// run's lower bound for a subject broken on purpose, which may never do.
+func (r *chaosTrial) converge(subject string) time.Duration {
+	if r.opt.canary != "" && (subject == "w0" || subject == "c0") {
+		return r.opt.converge
+	}
+	return chaosConverge
 }
 
 // cacheConverges polls until the cache equals the ground truth's newest
@@ -961,11 +973,11 @@ func (r *chaosTrial) judge(ctx context.Context, t *testing.T) chaosResult {
 	if err != nil {
 		r.violate("", "read the final revision: %v", err)
 	}
-	wctx, cancel := context.WithTimeout(ctx, r.opt.converge)
-	defer cancel()
-	if err := r.rec.waitReached(wctx, rev); err != nil {
+	tctx, cancel := context.WithTimeout(ctx, chaosConverge)
+	if err := r.rec.waitReached(tctx, rev); err != nil {
 		r.violate("", "ground truth: %v", err)
 	}
+	cancel()
 	if err := cc.hashKV(ctx); err != nil {
 		r.violate("", "%v", err)
 	}
@@ -994,12 +1006,14 @@ func (r *chaosTrial) judge(ctx context.Context, t *testing.T) chaosResult {
 		if in := chaosInPrefix(truth, w.prefix); len(in) > 0 {
 			last = in[len(in)-1].Revision
 		}
+		wctx, cancel := context.WithTimeout(ctx, r.converge(w.name))
 		for w.delivered() < last && wctx.Err() == nil {
 			select { // the watch catches up; poll with the deadline
 			case <-wctx.Done():
 			case <-time.After(20 * time.Millisecond):
 			}
 		}
+		cancel()
 		if r.opt.canary != "" && w.name == "w0" {
 			res.unmet = r.canaryUnmet(w, storage.WatchEnded(op), truth)
 		}
@@ -1032,9 +1046,11 @@ func (r *chaosTrial) judge(ctx context.Context, t *testing.T) chaosResult {
 			r.opt.seed, w.name, w.member, len(h.Events), len(h.Restarts), w.restarts, w.dropped, res.recovery[w.name])
 	}
 	for _, s := range r.caches {
-		if msg := r.cacheConverges(wctx, s, true); msg != "" {
+		sctx, cancel := context.WithTimeout(ctx, r.converge(s.name))
+		if msg := r.cacheConverges(sctx, s, true); msg != "" {
 			r.violate(s.name, "after quiet: %s", msg)
 		}
+		cancel()
 		select {
 		case err := <-s.c.Error():
 			r.violate(s.name, "a recoverable fault was reported: %v", err)
@@ -1080,7 +1096,7 @@ func (r *chaosTrial) awaitExpiry(ctx context.Context) {
 		}
 	}
 	r.mu.Unlock()
-	ctx, cancel := context.WithTimeout(ctx, r.opt.converge)
+	ctx, cancel := context.WithTimeout(ctx, chaosConverge)
 	defer cancel()
 	for {
 		rev, err := r.cc.revision(ctx)
@@ -1107,7 +1123,7 @@ func (r *chaosTrial) awaitExpiry(ctx context.Context) {
 		}
 		select { // leases expire by themselves; poll with the deadline
 		case <-ctx.Done():
-			r.violate("", "%d keys with a TTL still exist %v after the writes stopped", n, r.opt.converge)
+			r.violate("", "%d keys with a TTL still exist %v after the writes stopped", n, chaosConverge)
 			return
 		case <-time.After(100 * time.Millisecond):
 		}
