@@ -472,9 +472,6 @@ func (r *chaosTrial) inject(ctx context.Context, t *testing.T, fault string) {
 		resumed := storage.WatchRecovery(watched).Resumes
 		clus.Members[member].InjectPartition(t, others...)
 		if fault == "burst" {
-			// Over a thousand revisions while cut off: the watches on the
-			// member catch up in several batches whose header runs ahead
-			// of their events, and bounded backlogs cancel and resume.
 			r.burst(ctx, 1200, member)
 		}
 		time.Sleep(hold)
@@ -485,6 +482,32 @@ func (r *chaosTrial) inject(ctx context.Context, t *testing.T, fault string) {
 			return storage.WatchRecovery(watched).Resumes > resumed || storage.WatchEnded(watched)
 		}) {
 			t.Logf("chaos %d: %s did not restart within %v of the partition", r.opt.seed, r.watches[member].name, chaosConverge)
+		}
+		if fault == "burst" {
+			// Over a thousand revisions while cut off. The member's
+			// clients are kept away (blackholed) until it has applied
+			// them: a watch resumed on a member still catching up is
+			// among its synced watchers and gets each revision as it is
+			// applied, while one resumed afterwards is caught up in
+			// batches of up to 1000 revisions whose header runs ahead of
+			// their events, and bounded backlogs cancel and resume.
+			require.NotEqual(t, member, cc.down, "no Bridge() on a stopped member")
+			require.Equal(t, -1, cc.holed, "Blackhole twice panics")
+			clus.Members[member].Bridge().Blackhole()
+			cc.holed = member
+			clus.Members[member].RecoverPartition(t, others...)
+			clus.WaitLeader(t)
+			r.fault(fault, member, "recovered, clients blackholed")
+			if !r.waitFor(ctx, func() bool {
+				rev, err := cc.revision(ctx)
+				return err == nil && clus.Members[member].Server.KV().Rev() >= rev
+			}) {
+				t.Logf("chaos %d: member %d did not catch up within %v", r.opt.seed, member, chaosConverge)
+			}
+			clus.Members[member].Bridge().Unblackhole()
+			cc.holed = -1
+			r.fault(fault, member, "caught up, unblackholed")
+			break
 		}
 		clus.Members[member].RecoverPartition(t, others...)
 		clus.WaitLeader(t)
