@@ -200,7 +200,8 @@ type chaosTrial struct {
 	gate    sync.RWMutex // writers hold it shared per write; a digest check holds it to pause them
 	acks    atomic.Int64 // acknowledged writes
 	nextID  atomic.Int64
-	mu      sync.Mutex // protects the following fields
+	bursts  atomic.Int64 // bursts started: a run may pick the fault twice
+	mu      sync.Mutex   // protects the following fields
 	writes  []chaosWrite
 	faults  []chaosFault
 	viol    []chaosViolation
@@ -965,6 +966,7 @@ func (r *chaosTrial) slowWriter(ctx context.Context) {
 // burst writes n puts as fast as 16 goroutines can, through the members
 // other than cut (clients of a cut-off member would only time out).
 func (r *chaosTrial) burst(ctx context.Context, n, cut int) {
+	round := r.bursts.Add(1) // tags stay unique when a run bursts twice
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	for g := range 16 {
@@ -974,7 +976,7 @@ func (r *chaosTrial) burst(ctx context.Context, n, cut int) {
 			defer wg.Done()
 			for i := next.Add(1); i <= int64(n) && ctx.Err() == nil; i = next.Add(1) {
 				key := fmt.Sprintf("%sburst/%d", r.prefix, i%100)
-				tag := fmt.Sprintf("burst.%d", i)
+				tag := fmt.Sprintf("burst.%d.%d", round, i)
 				r.exec(ctx, chaosWrite{Writer: "burst", Kind: "put", PutKeys: []string{key}, Tags: []string{tag}},
 					func(ctx context.Context) (int64, error) {
 						op := storage.NewPutOp(client, key, &chaosValue{Key: key, Tag: tag})
