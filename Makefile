@@ -1,4 +1,4 @@
-# Targets: test (the one CI and the README use), lint, bench, fuzz, demo, chaos, chaos-canary.
+# Targets: test (the one CI and the README use), test-soak, lint, bench, fuzz, demo, chaos, chaos-canary.
 # PKGS narrows any target to some packages, e.g. make test PKGS=./storagetest/...
 # ETCD_VERSION runs it against another etcd, e.g. make test ETCD_VERSION=v3.7.3
 
@@ -32,11 +32,20 @@ BENCHSTAT   := golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4d
 
 FUZZTIME ?= 1m
 
-.PHONY: test lint bench fuzz demo chaos chaos-canary
+.PHONY: test test-soak lint bench fuzz demo chaos chaos-canary
 
 ## test: go vet, then every test with -race; fails on any failure or skip.
 test:
 	scripts/test.sh $(PKGS)
+
+## test-soak: the whole suite N times in a row (default 5), each run as make
+## test runs it; prints per test in how many runs it failed, the runs failed
+## and the time of each run. LOAD=1 keeps one core busy meanwhile (a busy
+## loop at normal priority). Example: make test-soak N=3 LOAD=1
+N    ?= 5
+LOAD ?= 0
+test-soak:
+	N=$(N) LOAD=$(LOAD) scripts/test-soak.sh $(PKGS)
 
 ## lint: go vet, staticcheck, and revive's check that exported names are documented.
 lint:

@@ -24,7 +24,7 @@ import (
 // cacheWait bounds every wait on the cache's watch; on a loaded runner under
 // -race an event arrives in milliseconds.
 const (
-	cacheWait = 10 * time.Second
+	cacheWait = 30 * time.Second
 	cachePoll = 5 * time.Millisecond
 )
 

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -184,11 +185,32 @@ type chaosWatchRec struct {
 	sinceRd  int   // events delivered since the latest read
 	dropped  int   // resumes not recordable (see restart)
 	restarts int
+	// What a canary run needs to prove that its broken path was taken:
+	// the revision each watch started after (every read's revision, every
+	// resume's point), and the resumes that started past what the handler
+	// had been given.
+	starts []int64
+	ahead  []chaosAhead
 }
 
-func (r *chaosWatchRec) restart(_, readRev int64) {
+// chaosAhead is a resume that started after revision From while the handler
+// had been given everything up to Reached only (the last delivered event, or
+// the latest read): the revisions in between were never delivered.
+type chaosAhead struct {
+	Reached, From int64
+}
+
+func (r *chaosWatchRec) restart(lastRev, readRev int64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if readRev != 0 {
+		r.starts = append(r.starts, readRev)
+	} else {
+		r.starts = append(r.starts, lastRev)
+		if reached := max(r.lastRev, r.readRev); lastRev > reached {
+			r.ahead = append(r.ahead, chaosAhead{Reached: reached, From: lastRev})
+		}
+	}
 	if !r.started {
 		r.started, r.h.ReadRev, r.lastRev = true, readRev, readRev
 		r.reading, r.readRev, r.sinceRd = true, readRev, 0
@@ -232,6 +254,21 @@ func (r *chaosWatchRec) delivered() int64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.lastRev
+}
+
+// count returns the number of events delivered so far.
+func (r *chaosWatchRec) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.h.Events)
+}
+
+// evidence returns the starts and the resumes ahead of delivery recorded so
+// far (see the fields).
+func (r *chaosWatchRec) evidence() ([]int64, []chaosAhead) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.starts), slices.Clone(r.ahead)
 }
 
 func (r *chaosWatchRec) history() chaosHistory {

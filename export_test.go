@@ -7,14 +7,16 @@ type Recovery struct {
 	Resumes  int64 // watches restarted after a failure
 	Relists  int64 // re-reads after a compaction
 	Progress int64 // progress notifications that moved the resume revision
-	Backlogs int64 // streams cancelled because the handler lagged too far
+	// ProgressRev is the revision the latest of them moved it to.
+	ProgressRev int64
+	Backlogs    int64 // streams cancelled because the handler lagged too far
 	// MaxPending is the largest backlog of received, undelivered events seen.
 	MaxPending int64
 }
 
 func recoveryOf(w *watcher) Recovery {
 	return Recovery{Resumes: w.resumes.Load(), Relists: w.relists.Load(), Progress: w.progress.Load(),
-		Backlogs: w.backlogs.Load(), MaxPending: w.maxPendingSeen.Load()}
+		ProgressRev: w.progressRev.Load(), Backlogs: w.backlogs.Load(), MaxPending: w.maxPendingSeen.Load()}
 }
 
 // WatchRecovery returns the recovery counters of a WatchOp.
@@ -57,3 +59,23 @@ const InitialReadAttempts = initialReadAttempts
 // SetWatchPageHook has a WatchOp call f (before Watch) between the pages of
 // its paged reads, after each page that has more to come.
 func SetWatchPageHook[V Value](op WatchOp[V], f func()) { op.(*watchOp[V]).w.betweenPages = f }
+
+// WatchEnded reports whether op's run has ended by itself: no run is in
+// progress, or its goroutine has exited. Call it before Close, which ends
+// the run too. A canary run uses it to prove that closed-is-end met a
+// closed watch channel.
+func WatchEnded[V Value](op WatchOp[V]) bool {
+	w := op.(*watchOp[V]).w
+	w.mu.Lock()
+	run := w.run
+	w.mu.Unlock()
+	if run == nil {
+		return true
+	}
+	select {
+	case <-run.donec:
+		return true
+	default:
+		return false
+	}
+}

@@ -306,20 +306,18 @@ func TestPutWithTTL(t *testing.T) {
 	for _, ttl := range []time.Duration{500 * time.Millisecond, time.Second} {
 		t.Run(fmt.Sprintf("a %v key lives at least its TTL and is gone within its bound", ttl), func(t *testing.T) {
 			t.Parallel()
-			const (
-				// A read sent this close to the TTL must still see the key.
-				margin = 100 * time.Millisecond
-				// Load on a CI machine (and -race) can delay etcd's expiry.
-				slack = 1500 * time.Millisecond
-			)
 			// Documented bound: ceil(ttl + 0.5s) seconds, plus etcd's expiry
-			// check every 0.5 s (1.5 s for 500 ms, 2.5 s for 1 s).
+			// check every 0.5 s (1.5 s for 500 ms, 2.5 s for 1 s). How late
+			// etcd revokes depends on the machine's speed, so the bound is
+			// checked on the lease (edgeCheckLease) and only logged here;
+			// the key must be gone within a generous edgeTTLPatience more.
 			bound := time.Duration(math.Ceil((ttl+time.Second/2).Seconds()))*time.Second + time.Second/2
 			key := storage.Key("ttl", ttl.String())
 			exists := storage.NewExistsOp(client, key)
 
 			start := time.Now()
 			require.NoError(t, storage.NewPutOp(client, key, &host{Name: "short-lived"}).WithTTL(ttl).Exec(ctx))
+			edgeCheckLease(ctx, t, client, key, ttl)
 
 			var lastSeenSent, goneSeen atomic.Int64 // durations since start
 			require.Eventually(t, func() bool {
@@ -334,11 +332,14 @@ func TestPutWithTTL(t *testing.T) {
 				}
 				goneSeen.Store(int64(time.Since(start)))
 				return true
-			}, bound+slack, 10*time.Millisecond, "the key is gone within %v (+%v slack)", bound, slack)
+			}, bound+edgeTTLPatience, 10*time.Millisecond, "the key is never gone")
 
-			t.Logf("last seen by a read sent after %v; gone by %v (bound %v)",
+			t.Logf("last seen by a read sent after %v; gone by %v (documented bound %v)",
 				time.Duration(lastSeenSent.Load()), time.Duration(goneSeen.Load()), bound)
-			require.GreaterOrEqual(t, time.Duration(lastSeenSent.Load()), ttl-margin, "the key exists until just before the TTL")
+			// Reads are linearizable: one that returned "absent" before the
+			// TTL had passed proves an early expiry, however slow the
+			// machine (a slow read only returns later).
+			require.Positive(t, lastSeenSent.Load(), "no read found the key after Exec")
 			require.GreaterOrEqual(t, time.Duration(goneSeen.Load()), ttl, "the key is never gone before the TTL")
 		})
 	}

@@ -35,10 +35,11 @@ func newClient(t testing.TB, opts ...storagetest.Option) *clientv3.Client {
 	return storagetest.New(t, opts...)
 }
 
-// testContext returns a context that ends with the test or after a minute.
+// testContext returns a context that ends with the test or after three
+// minutes: a bound for a hung test, never reached by a slow one.
 func testContext(t testing.TB) context.Context {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	t.Cleanup(cancel)
 	return ctx
 }

@@ -24,7 +24,7 @@ import (
 // watchWait bounds every wait for something the watch must do. It is long
 // because a loaded CI runner under -race is slow; a passing test never waits
 // it out.
-const watchWait = 10 * time.Second
+const watchWait = 30 * time.Second
 
 // watchQuiet is how long a test watches for something that must not happen
 // (an event or error after the watch stopped). Absence can only be asserted

@@ -64,6 +64,9 @@ type watcher struct {
 	backlogs atomic.Int64 // streams cancelled because the handler lagged
 	// maxPendingSeen is the largest backlog observed, in events.
 	maxPendingSeen atomic.Int64
+	// progressRev is the revision the latest progress notification moved
+	// the watch to.
+	progressRev atomic.Int64
 }
 
 // watchRun is one run of a watcher, from start until it has ended.
@@ -368,6 +371,7 @@ func (w *watcher) watchFrom(ctx context.Context, s sink, rev *int64, failures *i
 			if h := resp.Header.GetRevision(); h > *rev {
 				*rev = h
 				w.progress.Add(1)
+				w.progressRev.Store(h)
 				s.progressed(h)
 			}
 			continue

@@ -412,7 +412,7 @@ func startWatch(t *testing.T, ep string, args ...string) (out *syncBuffer, stop 
 func waitFor(t *testing.T, out *syncBuffer, want string) {
 	t.Helper()
 	require.Eventually(t, func() bool { return strings.Contains(out.String(), want) },
-		10*time.Second, 10*time.Millisecond, "waiting for %q in:\n%s", want, out)
+		30*time.Second, 10*time.Millisecond, "waiting for %q in:\n%s", want, out)
 }
 
 func TestWatch(t *testing.T) {
