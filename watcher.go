@@ -16,6 +16,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
 
@@ -48,6 +49,10 @@ type watcher struct {
 	mu  sync.Mutex // protects run
 	run *watchRun  // nil when no run is in progress (until Close)
 
+	// rereadc asks the run to re-read, as after a compaction (Cache.Verify
+	// sends, without blocking; the run's receiver takes it).
+	rereadc chan struct{}
+
 	// Counters of the library's own recovery paths, read by tests: clientv3
 	// resumes some faults by itself, so events arriving prove nothing.
 	resumes  atomic.Int64 // watches restarted after a failure
@@ -60,6 +65,10 @@ type watcher struct {
 
 // watchRun is one run of a watcher, from start to Close.
 type watchRun struct {
+	// md is the outgoing metadata of the run's watch requests: clientv3
+	// picks a watch stream by it, and a progress request must reach the
+	// run's stream.
+	md     metadata.MD
 	cancel context.CancelCauseFunc
 	donec  chan struct{} // closed when the run's goroutine exits (or none started)
 	// caller is the id of the goroutine that calls the sink (and so the
@@ -107,6 +116,9 @@ var (
 	// errCompacted marks a watch that must re-read: etcd compacted past the
 	// revision it would resume from.
 	errCompacted = errors.New("revision compacted")
+	// errReread is a re-read asked for by Cache.Verify; the loop handles it
+	// as a compaction.
+	errReread = fmt.Errorf("re-read requested: %w", errCompacted)
 )
 
 // stopError marks an error that ends a run: retrying cannot help.
@@ -116,7 +128,8 @@ func (e stopError) Error() string { return e.err.Error() }
 func (e stopError) Unwrap() error { return e.err }
 
 func newWatcher(client *clientv3.Client, key string, prefix bool, opts []clientv3.OpOption) *watcher {
-	w := &watcher{client: client, key: key, opts: opts, errc: make(chan error, 1), maxPending: maxPending}
+	w := &watcher{client: client, key: key, opts: opts, errc: make(chan error, 1), maxPending: maxPending,
+		rereadc: make(chan struct{}, 1)}
 	w.what = "watch " + key
 	if prefix {
 		w.key, w.end = prefixRange(key)
@@ -163,6 +176,7 @@ func (w *watcher) start(ctx context.Context, s sink) error {
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	run := &watchRun{cancel: cancel, donec: make(chan struct{})}
+	run.md, _ = metadata.FromOutgoingContext(watchContext(ctx))
 	w.run = run
 	w.mu.Unlock()
 
@@ -271,7 +285,7 @@ func (w *watcher) loop(ctx context.Context, run *watchRun, s sink, rev int64) {
 func (w *watcher) watchFrom(ctx context.Context, s sink, rev *int64, failures *int) error {
 	// A member cut off from its peers ends a watch that requires a leader
 	// with ErrNoLeader; a plain watch would stay silent until it heals.
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	wctx, cancel := context.WithCancel(watchContext(ctx))
 	opts := append(w.opts[:len(w.opts):len(w.opts)],
 		clientv3.WithRev(*rev+1-w.canaryOffset()),
 		clientv3.WithProgressNotify(),
@@ -328,6 +342,32 @@ func (w *watcher) watchFrom(ctx context.Context, s sink, rev *int64, failures *i
 		if w.canary == canaryResumeFromHeader {
 			*rev = resp.Header.Revision
 		}
+	}
+}
+
+// watchContext is the context of a run's watch requests.
+func watchContext(ctx context.Context) context.Context {
+	return clientv3.WithRequireLeader(ctx)
+}
+
+// requestProgress asks etcd for a progress notification on the current
+// run's watch stream; it does nothing without a run.
+func (w *watcher) requestProgress(ctx context.Context) error {
+	w.mu.Lock()
+	run := w.run
+	w.mu.Unlock()
+	if run == nil {
+		return nil
+	}
+	return w.client.RequestProgress(metadata.NewOutgoingContext(ctx, run.md))
+}
+
+// requestReread asks the run to re-read the whole key or prefix, as after a
+// compaction; a request already pending covers this one.
+func (w *watcher) requestReread() {
+	select {
+	case w.rereadc <- struct{}{}:
+	default:
 	}
 }
 
