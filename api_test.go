@@ -185,6 +185,11 @@ type (
 		Stop()
 		Error() <-chan error
 		PropagateErrors(ctx context.Context, ch chan error)
+		// Issue 20: consistent reads and a self-check.
+		Revision() int64
+		WaitForRevision(ctx context.Context, rev int64) error
+		Sync(ctx context.Context) error
+		Verify(ctx context.Context) error
 	}
 )
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/google/btree"
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -83,6 +84,36 @@ type Cache[V Value] interface {
 	// to the given error channel in a goroutine until the given context is
 	// complete.
 	PropagateErrors(ctx context.Context, ch chan error)
+	// Revision returns the revision up to which every change under the
+	// prefix has reached the cache; 0 before Start and after Stop. Writes
+	// through the cache at later revisions are held already, but do not
+	// move it: only the watch does.
+	Revision() int64
+	// WaitForRevision returns nil once Revision() >= rev. It returns an
+	// error wrapping ctx's error when ctx ends first, and one wrapping the
+	// cause when the cache's watch has stopped or the cache is not started.
+	// While it waits, the cache asks etcd for a progress notification about
+	// every 100 ms, so that an idle prefix reaches rev without a change
+	// under it. A write's Revision() passed here gives read-your-writes
+	// across clients.
+	WaitForRevision(ctx context.Context, rev int64) error
+	// Sync returns once the cache holds every change etcd had committed
+	// when Sync was called: reads that follow it see every write that
+	// completed before Sync was called, from any client. It reads etcd's
+	// current revision with a linearizable read that returns no data, then
+	// waits as WaitForRevision does, and fails as it does. Concurrent Syncs
+	// share their reads: a caller joins the next read that starts after it
+	// arrived, so a burst of callers costs at most two.
+	Sync(ctx context.Context) error
+	// Verify compares the cache with etcd at the cache's revision: every
+	// key under the prefix with its mod revision, read keys only and in
+	// pages. If etcd compacted past that revision, it syncs and compares at
+	// the revision it reached. On a difference it re-reads the prefix, as
+	// after a compaction, and returns an error naming the first differing
+	// key and both mod revisions once the re-read has reached the cache.
+	// Keys written or deleted through the cache at revisions its watch has
+	// not reached are not compared. Verify fails as WaitForRevision does.
+	Verify(ctx context.Context) error
 }
 
 // writeThrough is what a cache's write ops call: checkWrite before the
@@ -131,6 +162,18 @@ type cache[V Value] struct {
 	// reached, so that an older put the watch still delivers is ignored.
 	tombstones      map[string]int64 // key -> delete revision
 	rangeTombstones []rangeTombstone
+	resets          int64 // reads delivered by the watch (reset calls)
+	// changed is closed and set to nil when rev moves, the watch stops, the
+	// cache is reset or stopped; nil while nobody waits (see waitFor).
+	changed chan struct{}
+
+	// barrier shares the revision reads of concurrent Syncs.
+	barrier revisionBarrier
+	// progress rate-limits the progress requests of waiters.
+	progress struct {
+		mu   sync.Mutex // protects last
+		last time.Time  // when a progress notification was last requested
+	}
 }
 
 var (
@@ -292,6 +335,9 @@ func (c *cache[V]) deleteLocked(key string, revision int64) {
 // passedLocked moves the watch revision to rev and drops the tombstones it
 // has passed: the watch has delivered their deletes, or later changes.
 func (c *cache[V]) passedLocked(rev int64) {
+	if rev > c.rev {
+		c.signalLocked()
+	}
 	c.rev = max(c.rev, rev)
 	for key, r := range c.tombstones {
 		if r <= c.rev {
@@ -342,6 +388,8 @@ func (c *cache[V]) reset(_ context.Context, kvs []*mvccpb.KeyValue, rev int64) e
 		}
 	}
 	c.rev = 0
+	c.resets++
+	c.signalLocked()
 	c.passedLocked(rev)
 	return nil
 }
@@ -373,6 +421,7 @@ func (c *cache[V]) stopped(err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.err = err
+	c.signalLocked()
 }
 
 // ended empties the cache once its run has ended (sink): the next Start
@@ -382,6 +431,7 @@ func (c *cache[V]) ended() {
 	defer c.mu.Unlock()
 	c.started, c.err, c.items, c.rev = false, nil, nil, 0
 	c.tombstones, c.rangeTombstones = nil, nil
+	c.signalLocked()
 }
 
 func newEntry(kv *mvccpb.KeyValue) *entry {

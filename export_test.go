@@ -79,3 +79,45 @@ func WatchEnded[V Value](op WatchOp[V]) bool {
 		return false
 	}
 }
+
+// SyncJoiners returns how many Sync callers of a Cache wait for a revision
+// read that another caller runs.
+func SyncJoiners[V Value](c Cache[V]) int {
+	b := &c.(*cache[V]).barrier
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.joined
+}
+
+// CorruptCacheEntry gives the cached entry of key a wrong mod revision, as a
+// bug in the cache's bookkeeping would, and reports whether key was cached.
+func CorruptCacheEntry[V Value](c Cache[V], key string, modRevision int64) bool {
+	cc := c.(*cache[V])
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	e, ok := cc.items.Get(&entry{key: key})
+	if ok {
+		bad := *e
+		bad.modRevision = modRevision
+		cc.items.ReplaceOrInsert(&bad)
+	}
+	return ok
+}
+
+// DropCacheEntry removes key from the cache without a tombstone, as a lost
+// event would, and reports whether it was cached.
+func DropCacheEntry[V Value](c Cache[V], key string) bool {
+	cc := c.(*cache[V])
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	_, ok := cc.items.Delete(&entry{key: key})
+	return ok
+}
+
+// CacheWaiting reports whether a caller waits for a Cache to move.
+func CacheWaiting[V Value](c Cache[V]) bool {
+	cc := c.(*cache[V])
+	cc.mu.RLock()
+	defer cc.mu.RUnlock()
+	return cc.changed != nil
+}

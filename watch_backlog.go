@@ -19,6 +19,10 @@ func (w *watcher) receive(ctx context.Context, cancel context.CancelFunc, wch cl
 		case <-ctx.Done():
 			q.stop(ctx.Err())
 			return
+		case <-w.rereadc:
+			cancel()
+			q.stop(fmt.Errorf("%s: %w", w.what, errReread))
+			return
 		case resp, ok := <-wch:
 			if !ok {
 				if err := w.client.Ctx().Err(); err != nil {

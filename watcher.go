@@ -16,6 +16,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
 
@@ -56,6 +57,10 @@ type watcher struct {
 	mu  sync.Mutex
 	run *watchRun // the current run, nil when none
 
+	// rereadc asks the run to re-read, as after a compaction (Cache.Verify
+	// sends, without blocking; the run's receiver takes it).
+	rereadc chan struct{}
+
 	// Counters of the library's own recovery paths, read by tests: clientv3
 	// resumes some faults by itself, so events arriving prove nothing.
 	resumes  atomic.Int64 // watches restarted after a failure
@@ -71,7 +76,11 @@ type watcher struct {
 
 // watchRun is one run of a watcher, from start until it has ended.
 type watchRun struct {
-	sink   sink
+	sink sink
+	// md is the outgoing metadata of the run's watch requests: clientv3
+	// picks a watch stream by it, and a progress request must reach the
+	// run's stream.
+	md     metadata.MD
 	cancel context.CancelCauseFunc
 	// donec is closed when the run's goroutine has exited, or when the
 	// caller of start is done with it (the initial read failed or the run
@@ -128,6 +137,9 @@ var (
 	// errCompacted marks a watch that must re-read: etcd compacted past the
 	// revision it would resume from.
 	errCompacted = errors.New("revision compacted")
+	// errReread is a re-read asked for by Cache.Verify; the loop handles it
+	// as a compaction.
+	errReread = fmt.Errorf("re-read requested: %w", errCompacted)
 )
 
 // stopError marks an error that ends a run: retrying cannot help.
@@ -137,7 +149,8 @@ func (e stopError) Error() string { return e.err.Error() }
 func (e stopError) Unwrap() error { return e.err }
 
 func newWatcher(client *clientv3.Client, key string, prefix bool, opts []clientv3.OpOption) *watcher {
-	w := &watcher{client: client, key: key, opts: opts, errc: make(chan error, 1), maxPending: maxPending}
+	w := &watcher{client: client, key: key, opts: opts, errc: make(chan error, 1), maxPending: maxPending,
+		rereadc: make(chan struct{}, 1)}
 	w.what = "watch " + key
 	if prefix {
 		w.key, w.end = prefixRange(key)
@@ -187,7 +200,12 @@ func (w *watcher) start(ctx context.Context, s sink) error {
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	run := &watchRun{sink: s, cancel: cancel, donec: make(chan struct{})}
+	run.md, _ = metadata.FromOutgoingContext(watchContext(ctx))
 	w.run = run
+	select {
+	case <-w.rereadc: // asked of an earlier run: this one reads anyway
+	default:
+	}
 	w.mu.Unlock()
 
 	run.caller.Store(goid())
@@ -328,7 +346,7 @@ func (w *watcher) loop(ctx context.Context, run *watchRun, s sink, rev int64) {
 func (w *watcher) watchFrom(ctx context.Context, s sink, rev *int64, failures *int) error {
 	// A member cut off from its peers ends a watch that requires a leader
 	// with ErrNoLeader; a plain watch would stay silent until it heals.
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	wctx, cancel := context.WithCancel(watchContext(ctx))
 	opts := append(w.opts[:len(w.opts):len(w.opts)],
 		clientv3.WithRev(*rev+1-w.canaryOffset()),
 		clientv3.WithProgressNotify(),
@@ -386,6 +404,32 @@ func (w *watcher) watchFrom(ctx context.Context, s sink, rev *int64, failures *i
 		if w.canary == canaryResumeFromHeader {
 			*rev = resp.Header.GetRevision()
 		}
+	}
+}
+
+// watchContext is the context of a run's watch requests.
+func watchContext(ctx context.Context) context.Context {
+	return clientv3.WithRequireLeader(ctx)
+}
+
+// requestProgress asks etcd for a progress notification on the current
+// run's watch stream; it does nothing without a run.
+func (w *watcher) requestProgress(ctx context.Context) error {
+	w.mu.Lock()
+	run := w.run
+	w.mu.Unlock()
+	if run == nil {
+		return nil
+	}
+	return w.client.RequestProgress(metadata.NewOutgoingContext(ctx, run.md))
+}
+
+// requestReread asks the run to re-read the whole key or prefix, as after a
+// compaction; a request already pending covers this one.
+func (w *watcher) requestReread() {
+	select {
+	case w.rereadc <- struct{}{}:
+	default:
 	}
 }
 

@@ -42,11 +42,11 @@ func TestStory(t *testing.T) {
 	t.Run("tells the steps in order", func(t *testing.T) {
 		var steps []string
 		for line := range strings.Lines(out.String()) {
-			if m := regexp.MustCompile(`^(\d)\. `).FindStringSubmatch(line); m != nil {
+			if m := regexp.MustCompile(`^(\d+)\. `).FindStringSubmatch(line); m != nil {
 				steps = append(steps, m[1])
 			}
 		}
-		assert.Equal(t, strings.Split("1 2 3 4 5 6 7 8 9", " "), steps)
+		assert.Equal(t, strings.Split("1 2 3 4 5 6 7 8 9 10", " "), steps)
 	})
 
 	// In each line, # stands for a number that varies between runs.
@@ -75,6 +75,10 @@ func TestStory(t *testing.T) {
 			"watch: delete /demo/hosts/host-3 rev #"},
 		{"the cache and etcd no longer have the expired host",
 			"cache: host-1, host-2; host-3 exists in etcd: false"},
+		{"a write through another client is in the cache after Sync",
+			"after Sync the cache has host-4 in zone eu-west-1c (written at revision #, cache at #)"},
+		{"the cache verifies against etcd",
+			"verify: every key of the cache has etcd's mod revision at revision #"},
 		{"the watch and the cache stop without errors",
 			"done: watch closed and cache stopped, neither reported an error"},
 	} {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/etcdkit/storage"
 )
@@ -74,7 +75,7 @@ func story(ctx context.Context, client *clientv3.Client, out io.Writer) error {
 
 	steps := []func(context.Context) error{
 		d.createDatabase, d.staleUpdate, d.abaSafety, d.assign,
-		d.largeValue, d.cacheFollows, d.expire,
+		d.largeValue, d.cacheFollows, d.expire, d.syncAndVerify,
 	}
 	for i, s := range steps {
 		if err := s(ctx); err != nil {
@@ -326,7 +327,7 @@ func (d *demo) largeValue(ctx context.Context) error {
 // results are the caller's to change.
 func (d *demo) cacheFollows(ctx context.Context) error {
 	d.step(8, "read the hosts from the cache")
-	names, err := d.cachedHosts(ctx, func(names []string) bool { return len(names) == 3 })
+	names, err := d.cachedHosts(ctx)
 	if err != nil {
 		return err
 	}
@@ -357,7 +358,7 @@ func (d *demo) expire(ctx context.Context) error {
 	bound := math.Ceil((hostTTL + time.Second/2).Seconds())
 	d.detail("host-3 expired %.1fs after it registered (TTL %v: at least %v, at most %gs + a 0.5s expiry check)",
 		time.Since(d.registered).Seconds(), hostTTL, hostTTL, bound)
-	names, err := d.cachedHosts(ctx, func(names []string) bool { return len(names) == 2 })
+	names, err := d.cachedHosts(ctx)
 	if err != nil {
 		return err
 	}
@@ -369,31 +370,54 @@ func (d *demo) expire(ctx context.Context) error {
 	return nil
 }
 
-// cachedHosts polls the cache until the names of its hosts satisfy done, for
-// at most waitLimit: the Cache API has no change notification to wait on.
-func (d *demo) cachedHosts(ctx context.Context, done func(names []string) bool) ([]string, error) {
+// cachedHosts returns the names of the cached hosts after a Sync: the cache
+// then holds every write etcd had committed, whoever made it.
+func (d *demo) cachedHosts(ctx context.Context) ([]string, error) {
 	ctx, cancel := context.WithTimeout(ctx, waitLimit)
 	defer cancel()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		hosts, err := d.hosts.GetPrefix("").Exec(ctx)
-		if err != nil {
-			return nil, err
-		}
-		names := make([]string, len(hosts))
-		for i, h := range hosts {
-			names[i] = h.Name
-		}
-		if done(names) {
-			return names, nil
-		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("cache has %v: %w", names, ctx.Err())
-		case <-tick.C:
-		}
+	if err := d.hosts.Sync(ctx); err != nil {
+		return nil, err
 	}
+	hosts, err := d.hosts.GetPrefix("").Exec(ctx)
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, len(hosts))
+	for i, h := range hosts {
+		names[i] = h.Name
+	}
+	return names, nil
+}
+
+// syncAndVerify is step 10: a write through another client reaches the
+// cache by the time Sync returns, and Verify finds the cache equal to etcd.
+func (d *demo) syncAndVerify(ctx context.Context) error {
+	d.step(10, "write through another client, Sync the cache, and verify it against etcd")
+	other, err := clientv3.New(clientv3.Config{Endpoints: d.client.Endpoints(), Logger: zap.NewNop()})
+	if err != nil {
+		return err
+	}
+	defer other.Close()
+	put := storage.NewPutOp(other, hostKey("host-4"), &Host{Name: "host-4", Zone: "eu-west-1c"})
+	if err := put.Exec(ctx); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, waitLimit)
+	defer cancel()
+	if err := d.hosts.Sync(ctx); err != nil {
+		return err
+	}
+	h, err := d.hosts.Get(hostKey("host-4")).Exec(ctx)
+	if err != nil {
+		return err
+	}
+	d.detail("after Sync the cache has %s in zone %s (written at revision %d, cache at %d)",
+		h.Name, h.Zone, put.Revision(), d.hosts.Revision())
+	if err := d.hosts.Verify(ctx); err != nil {
+		return err
+	}
+	d.detail("verify: every key of the cache has etcd's mod revision at revision %d", d.hosts.Revision())
+	return nil
 }
 
 // printEvent is the watch's handler: it prints the event, then records it

@@ -274,6 +274,7 @@ var checks = func() []check {
 		check{target: "cache memory per item ≤ 2x stored bytes + key", num: lib("Cache/Memory/items=100000", "x-stored"), max: 2},
 		t("WatchPrefix/events=100", "raw", 1.2, "watch delivery ≤ 1.2x raw"),
 		t("PutTTL", "raw", 1.1, "Puts with TTL ≤ 1.1x plain Puts"),
+		t("CacheSync", "raw", 0.5, "Cache Sync + GetPrefix(100 of 10,000), 64 readers ≥ 2x a linearizable range + decode (ratio ≤ 0.5)"),
 	)
 	return cs
 }()
