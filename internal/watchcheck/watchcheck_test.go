@@ -71,7 +71,7 @@ func bridgedHistory() History {
 			pe(4, "/a/z", "z1", 1),  // 3
 			re(9, "/a/x", "x3", 3),  // 4
 			re(9, "/a/y", "y2", 1),  // 5
-			rd(9, "/a/z"),          // 6
+			rd(9, "/a/z"),           // 6
 			pe(10, "/a/w", "w1", 1), // 7
 		},
 		Restarts: []Restart{{At: 4, LastRev: 4, ReadRev: 9}},
