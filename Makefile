@@ -62,7 +62,7 @@ BENCHTIME  ?= 500ms
 
 ## bench: every benchmark BENCHCOUNT (10) times into bench.txt, then benchstat
 ## with lib beside its baselines and the ratios of medians against the
-## targets (internal/benchratio; BENCHMARKS.md). The samples are interleaved:
+## targets (internal/benchratio; docs/BENCHMARKS.md). The samples are interleaved:
 ## each round runs every benchmark once (-count=1), so drift on a shared
 ## machine hits lib and raw alike, where -count=10 would run lib ten times,
 ## then raw ten times; every other round runs the baselines before lib

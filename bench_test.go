@@ -10,7 +10,7 @@ package storage_test
 //	go run golang.org/x/perf/cmd/benchstat@... -col /impl bench.txt
 //	go run ./internal/benchratio bench.txt   # ratios of medians, targets
 //
-// BENCHMARKS.md has the numbers. The payloads (storage.BenchSmall,
+// docs/BENCHMARKS.md has the numbers. The payloads (storage.BenchSmall,
 // storage.BenchLarge) are defined once, in bench_internal_test.go. Every
 // benchmark that talks to etcd starts its own single-member server in this
 // process (benchServer, with storagetest.New, which stops it when the

@@ -1,8 +1,9 @@
 // Command storagectl reads and writes the values that
 // github.com/etcdkit/storage keeps in etcd v3. Those values are JSON,
 // gzip-compressed from 2048 bytes on, so `etcdctl get` shows the larger ones
-// as binary noise; storagectl decodes them the way the library does and
-// writes them in the library's format.
+// as binary noise. storagectl decodes them the way the library does, shows
+// each key with its version and mod revision, shows an undecodable value as
+// such (with its key) instead of failing, and writes in the library's format.
 //
 //	storagectl get /app/config                 # one key, with version and mod revision
 //	storagectl get --prefix /app --json        # one JSON object per key and line
@@ -12,9 +13,30 @@
 //	storagectl watch --prefix /app             # until Ctrl-C
 //	storagectl stats --prefix /app             # sizes, compression, undecodable values
 //
+// The commands:
+//
+//   - get KEY, get --prefix P: decoded values. --pretty indents them; --json
+//     prints one object per key for scripts.
+//   - watch KEY, watch --prefix P: the current values, then every change,
+//     until Ctrl-C.
+//   - put KEY [JSON]: the value from the argument, --from-file F or stdin.
+//     --create fails if the key exists; --if-version N updates only version N.
+//   - del KEY [--if-version N], del --prefix P --yes: a prefix delete asks
+//     for --yes.
+//   - stats --prefix P: key count, total and largest values, how many are
+//     compressed, the compression ratio.
+//
+// The connection flags are etcdctl's: --endpoints (default
+// $ETCDCTL_ENDPOINTS, then 127.0.0.1:2379), --dial-timeout,
+// --command-timeout, --cacert, --cert, --key, --user (the password comes from
+// $ETCDCTL_PASSWORD or a prompt). storagectl checks that etcd answers within
+// --dial-timeout before it runs a command.
+//
 // Exit codes: 0 on success; 1 when a request fails, a write's condition does
 // not hold, or a value that was listed could not be decoded (the listing
 // still shows every other key); 2 for a usage error.
+//
+// docs/storagectl.md has a sample session against the demo's etcd.
 package main
 
 import (

@@ -2,7 +2,7 @@
 // and prints, as Markdown, the library's cost relative to its baselines: for
 // every benchmark whose last name element is impl=NAME, the ratio of the
 // medians of impl=lib and of each other impl, then the targets of
-// BENCHMARKS.md with the measured value and a verdict.
+// docs/BENCHMARKS.md with the measured value and a verdict.
 //
 // Usage: go run ./internal/benchratio bench.txt
 //
