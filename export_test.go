@@ -8,13 +8,14 @@ type Recovery struct {
 	Relists  int64 // re-reads after a compaction
 	Progress int64 // progress notifications that moved the resume revision
 	Backlogs int64 // streams cancelled because the handler lagged too far
+	Repeats  int64 // events at or below the last delivered one, dropped
 	// MaxPending is the largest backlog of received, undelivered events seen.
 	MaxPending int64
 }
 
 func recoveryOf(w *watcher) Recovery {
 	return Recovery{Resumes: w.resumes.Load(), Relists: w.relists.Load(), Progress: w.progress.Load(),
-		Backlogs: w.backlogs.Load(), MaxPending: w.maxPendingSeen.Load()}
+		Backlogs: w.backlogs.Load(), Repeats: w.repeats.Load(), MaxPending: w.maxPendingSeen.Load()}
 }
 
 // WatchRecovery returns the recovery counters of a WatchOp.
