@@ -10,13 +10,15 @@ type Recovery struct {
 	// ProgressRev is the revision the latest of them moved it to.
 	ProgressRev int64
 	Backlogs    int64 // streams cancelled because the handler lagged too far
+	Repeats     int64 // events at or below the last delivered one, dropped
 	// MaxPending is the largest backlog of received, undelivered events seen.
 	MaxPending int64
 }
 
 func recoveryOf(w *watcher) Recovery {
 	return Recovery{Resumes: w.resumes.Load(), Relists: w.relists.Load(), Progress: w.progress.Load(),
-		ProgressRev: w.progressRev.Load(), Backlogs: w.backlogs.Load(), MaxPending: w.maxPendingSeen.Load()}
+		ProgressRev: w.progressRev.Load(), Backlogs: w.backlogs.Load(), Repeats: w.repeats.Load(),
+		MaxPending: w.maxPendingSeen.Load()}
 }
 
 // WatchRecovery returns the recovery counters of a WatchOp.

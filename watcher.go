@@ -67,6 +67,7 @@ type watcher struct {
 	relists  atomic.Int64 // re-reads after a compaction
 	progress atomic.Int64 // progress notifications that moved the revision
 	backlogs atomic.Int64 // streams cancelled because the handler lagged
+	repeats  atomic.Int64 // events at or below the last delivered one, dropped
 	// maxPendingSeen is the largest backlog observed, in events.
 	maxPendingSeen atomic.Int64
 	// progressRev is the revision the latest progress notification moved
@@ -369,42 +370,67 @@ func (w *watcher) watchFrom(ctx context.Context, s sink, rev *int64, failures *i
 		cancel()
 		<-donec
 	}()
+	lastEvent := *rev // the stream was asked for the changes after rev
 	for {
 		resp, err := q.pop(ctx)
 		if err != nil {
 			return err
 		}
-		if w.canary == canaryNoRelist && resp.CompactRevision != 0 {
-			*rev = resp.CompactRevision - 1 // skips what was compacted
-			return errWatchClosed
-		}
-		if err := classify(w.what, resp); err != nil {
+		if err := w.deliver(ctx, s, resp, rev, &lastEvent); err != nil {
 			return err
 		}
 		*failures = 0
-		if resp.IsProgressNotify() {
-			// Progress notifications come only when every change up to the
-			// header revision has been sent, unlike other responses, whose
-			// header can run ahead of their events during a catch-up.
-			if h := resp.Header.GetRevision(); h > *rev {
-				*rev = h
-				w.progress.Add(1)
-				w.progressRev.Store(h)
-				s.progressed(h)
-			}
-			continue
-		}
-		if len(resp.Events) == 0 {
-			continue
-		}
-		if err := s.apply(ctx, resp.Events); err != nil {
-			return stopError{fmt.Errorf("%s: %w", w.what, err)}
-		}
-		*rev = resp.Events[len(resp.Events)-1].Kv.ModRevision
-		if w.canary == canaryResumeFromHeader {
-			*rev = resp.Header.GetRevision()
-		}
 	}
+}
+
+// deliver hands one watch response to the sink. It moves rev, the revision
+// the watch would resume after, to the last revision delivered (by an event
+// or a progress notification), and lastEvent to the last event's revision.
+// An error ends the watch.
+func (w *watcher) deliver(ctx context.Context, s sink, resp clientv3.WatchResponse, rev, lastEvent *int64) error {
+	if w.canary == canaryNoRelist && resp.CompactRevision != 0 {
+		*rev = resp.CompactRevision - 1 // skips what was compacted
+		return errWatchClosed
+	}
+	if err := classify(w.what, resp); err != nil {
+		return err
+	}
+	if resp.IsProgressNotify() {
+		// Progress notifications come only when every change up to the
+		// header revision has been sent, unlike other responses, whose
+		// header can run ahead of their events during a catch-up.
+		if h := resp.Header.GetRevision(); h > *rev {
+			*rev = h
+			w.progress.Add(1)
+			w.progressRev.Store(h)
+			s.progressed(h)
+		}
+		return nil
+	}
+	// An event at or below the last one delivered is a repeat. Servers
+	// before etcd 3.5.8 could send a progress notification out of order
+	// with events, and clientv3 resumes a dropped stream by itself after
+	// the revision of the last response it saw: a stale notification makes
+	// it ask again for events already delivered. The guard compares with
+	// the last event, not with rev: an event that such a server sent after
+	// a notification ahead of it is new, and dropping it would lose it.
+	events := resp.Events
+	for len(events) > 0 && events[0].Kv.ModRevision <= *lastEvent {
+		events = events[1:]
+		w.repeats.Add(1)
+	}
+	if len(events) == 0 {
+		return nil
+	}
+	if err := s.apply(ctx, events); err != nil {
+		return stopError{fmt.Errorf("%s: %w", w.what, err)}
+	}
+	*lastEvent = events[len(events)-1].Kv.ModRevision
+	*rev = *lastEvent
+	if w.canary == canaryResumeFromHeader {
+		*rev = resp.Header.GetRevision()
+	}
+	return nil
 }
 
 // watchContext is the context of a run's watch requests.
