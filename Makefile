@@ -50,7 +50,8 @@ test-soak:
 ## lint: go vet, staticcheck, and revive's check that exported names are documented.
 lint:
 	go vet $(PKGS)
-	$(IN_ETCD_VERSION) go run $(STATICCHECK) $(PKGS)
+	go vet -tags storage_testhooks $(PKGS)
+	$(IN_ETCD_VERSION) go run $(STATICCHECK) -tags storage_testhooks $(PKGS)
 	go run $(REVIVE) -set_exit_status -config revive.toml $(PKGS)
 
 # bench knobs: BENCH selects benchmarks (a -bench regexp), BENCHCOUNT is the
@@ -93,8 +94,9 @@ demo:
 ## (5m); replay one run with CHAOS_SEED=N. make test runs it for 45s.
 CHAOS_DURATION ?= 5m
 chaos:
-	CHAOS_DURATION=$(CHAOS_DURATION) go test -race -count=1 -timeout 30m -run '^TestChaos$$' -v .
+	CHAOS_DURATION=$(CHAOS_DURATION) go test -race -count=1 -timeout 30m -tags storage_testhooks -run '^TestChaos$$' -v .
 
-## chaos-canary: one run per canary; each must be caught by the checkers.
+## chaos-canary: one run per canary; each must be caught by the checkers. The
+## canaries exist only in builds with the storage_testhooks tag, as make test's.
 chaos-canary:
-	go test -race -count=1 -run '^TestChaosCanaries$$' -v .
+	go test -race -count=1 -tags storage_testhooks -run '^TestChaosCanaries$$' -v .

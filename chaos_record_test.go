@@ -1,3 +1,5 @@
+//go:build storage_testhooks
+
 package storage_test
 
 // Recorders of the chaos test (chaos_test.go): the ground truth, what each
@@ -19,6 +21,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/etcdkit/storage"
+	"github.com/etcdkit/storage/internal/watchcheck"
 )
 
 // chaosValue is the value every chaos write stores. Tag is unique per write,
@@ -30,7 +33,7 @@ type chaosValue struct {
 	Tag string `json:"tag"`
 }
 
-// chaosClock orders cache reads and writes in time (chaosCacheRead).
+// chaosClock orders cache reads and writes in time (watchcheck.CacheRead).
 var chaosClock atomic.Int64
 
 // chaosRecorder is the ground truth: a raw clientv3 watch of the run's
@@ -45,7 +48,7 @@ type chaosRecorder struct {
 	donec  chan struct{} // closed when run exits
 
 	mu        sync.Mutex // protects the following fields
-	truth     []chaosTruth
+	truth     []watchcheck.Truth
 	lastEvent int64 // revision of the last event received
 	reached   int64 // every change up to reached was received (events and progress notifications)
 	err       error
@@ -102,7 +105,7 @@ func (r *chaosRecorder) add(resp clientv3.WatchResponse) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, ev := range resp.Events {
-		t := chaosTruth{Revision: ev.Kv.ModRevision, Key: string(ev.Kv.Key), Type: storage.EventTypeDelete}
+		t := watchcheck.Truth{Revision: ev.Kv.ModRevision, Key: string(ev.Kv.Key), Type: storage.EventTypeDelete}
 		if ev.Type == clientv3.EventTypePut {
 			var v chaosValue
 			if err := json.Unmarshal(ev.Kv.Value, &v); err != nil {
@@ -161,10 +164,10 @@ func (r *chaosRecorder) waitReached(ctx context.Context, rev int64) error {
 }
 
 // snapshot returns a copy of the truth so far and any recorder error.
-func (r *chaosRecorder) snapshot() ([]chaosTruth, error) {
+func (r *chaosRecorder) snapshot() ([]watchcheck.Truth, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return append([]chaosTruth(nil), r.truth...), r.err
+	return append([]watchcheck.Truth(nil), r.truth...), r.err
 }
 
 // chaosWatchRec records what one WatchOp run delivered, with the internal
@@ -177,7 +180,7 @@ type chaosWatchRec struct {
 	slow   time.Duration // handler latency (the slow watcher)
 
 	mu       sync.Mutex // protects the following fields
-	h        chaosHistory
+	h        watchcheck.History
 	started  bool
 	reading  bool  // the events of the latest read are being delivered
 	readRev  int64 // revision of the latest read
@@ -219,19 +222,19 @@ func (r *chaosWatchRec) restart(lastRev, readRev int64) {
 	r.restarts++
 	if readRev == 0 && r.readRev > r.lastRev && r.sinceRd == 0 {
 		// A re-read that delivered nothing moved the watch past the last
-		// event; chaosRestart has no way to say so (LastRev must be the
+		// event; watchcheck.Restart has no way to say so (LastRev must be the
 		// event before), and rules 4 and 8 still cover this stretch.
 		r.dropped++
 		return
 	}
-	r.h.Restarts = append(r.h.Restarts, chaosRestart{At: len(r.h.Events), LastRev: r.lastRev, ReadRev: readRev})
+	r.h.Restarts = append(r.h.Restarts, watchcheck.Restart{At: len(r.h.Events), LastRev: r.lastRev, ReadRev: readRev})
 	if readRev != 0 {
 		r.reading, r.readRev, r.sinceRd = true, readRev, 0
 	}
 }
 
 func (r *chaosWatchRec) handle(e *storage.Event[*chaosValue]) error {
-	d := chaosDelivered{Revision: e.Revision, Key: e.Key, Type: e.Type, IsCreate: e.IsCreate, IsModify: e.IsModify}
+	d := watchcheck.Delivered{Revision: e.Revision, Key: e.Key, Type: e.Type, IsCreate: e.IsCreate, IsModify: e.IsModify}
 	if e.Value != nil {
 		d.Value, d.Version = e.Value.Tag, e.Value.Version()
 	}
@@ -271,13 +274,13 @@ func (r *chaosWatchRec) evidence() ([]int64, []chaosAhead) {
 	return slices.Clone(r.starts), slices.Clone(r.ahead)
 }
 
-func (r *chaosWatchRec) history() chaosHistory {
+func (r *chaosWatchRec) history() watchcheck.History {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	h := r.h
 	h.Prefix = r.prefix
-	h.Events = append([]chaosDelivered(nil), h.Events...)
-	h.Restarts = append([]chaosRestart(nil), h.Restarts...)
+	h.Events = append([]watchcheck.Delivered(nil), h.Events...)
+	h.Restarts = append([]watchcheck.Restart(nil), h.Restarts...)
 	return h
 }
 

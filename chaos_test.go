@@ -1,3 +1,5 @@
+//go:build storage_testhooks
+
 package storage_test
 
 // The chaos test: a three-member cluster under random faults (member kills,
@@ -45,6 +47,7 @@ import (
 	"go.etcd.io/etcd/tests/v3/framework/integration"
 
 	"github.com/etcdkit/storage"
+	"github.com/etcdkit/storage/internal/watchcheck"
 )
 
 const (
@@ -175,10 +178,10 @@ type chaosCacheSubj struct {
 	c      storage.Cache[*chaosValue]
 
 	mu    sync.Mutex // protects reads
-	reads []chaosCacheRead
+	reads []watchcheck.CacheRead
 }
 
-func (s *chaosCacheSubj) record(r chaosCacheRead) {
+func (s *chaosCacheSubj) record(r watchcheck.CacheRead) {
 	s.mu.Lock()
 	s.reads = append(s.reads, r)
 	s.mu.Unlock()
@@ -648,9 +651,9 @@ func (r *chaosTrial) cacheConverges(ctx context.Context, s *chaosCacheSubj, full
 }
 
 // chaosCacheDiff compares cache items with the fold of the whole truth.
-func chaosCacheDiff(truth []chaosTruth, items []*chaosValue, full bool) string {
+func chaosCacheDiff(truth []watchcheck.Truth, items []*chaosValue, full bool) string {
 	wantRev, gotRev := map[string]int64{}, map[string]int64{}
-	want := map[string]chaosKV{}
+	want := map[string]watchcheck.KV{}
 	for _, t := range truth {
 		if t.Type == storage.EventTypeDelete {
 			delete(wantRev, t.Key)
@@ -658,19 +661,19 @@ func chaosCacheDiff(truth []chaosTruth, items []*chaosValue, full bool) string {
 			continue
 		}
 		wantRev[t.Key] = t.Revision
-		want[t.Key] = chaosKV{Value: t.Value, Version: t.Version}
+		want[t.Key] = watchcheck.KV{Value: t.Value, Version: t.Version}
 	}
-	got := map[string]chaosKV{}
+	got := map[string]watchcheck.KV{}
 	for _, v := range items {
 		gotRev[v.Key] = v.ModRevision()
-		got[v.Key] = chaosKV{Value: v.Tag, Version: v.Version()}
+		got[v.Key] = watchcheck.KV{Value: v.Tag, Version: v.Version()}
 	}
-	if k, ok := chaosDigestDiff(gotRev, wantRev); ok {
+	if k, ok := watchcheck.DigestDiff(gotRev, wantRev); ok {
 		return fmt.Sprintf("digest differs at %s: cache mod revision %d, truth %d (%d keys, truth %d)",
 			k, gotRev[k], wantRev[k], len(gotRev), len(wantRev))
 	}
-	if k, ok := chaosStateDiff(got, want); full && ok {
-		return fmt.Sprintf("%s: cache %s, truth %s", k, chaosFmtKV(got, k), chaosFmtKV(want, k))
+	if k, ok := watchcheck.StateDiff(got, want); full && ok {
+		return fmt.Sprintf("%s: cache %s, truth %s", k, watchcheck.FormatKV(got, k), watchcheck.FormatKV(want, k))
 	}
 	return ""
 }
@@ -860,7 +863,7 @@ func (r *chaosTrial) cacheWriter(ctx context.Context, s *chaosCacheSubj, rng *ra
 					return op.Revision(), err
 				})
 			if w.Outcome == chaosOK {
-				s.record(chaosCacheRead{Key: key, ModRevision: w.Revision, Start: start, End: chaosClock.Add(1)})
+				s.record(watchcheck.CacheRead{Key: key, ModRevision: w.Revision, Start: start, End: chaosClock.Add(1)})
 			}
 		}
 		switch p := rng.IntN(100); {
@@ -918,7 +921,7 @@ func (r *chaosTrial) cacheReader(ctx context.Context, s *chaosCacheSubj, rng *ra
 				return
 			}
 			for _, v := range items {
-				s.record(chaosCacheRead{Key: v.Key, ModRevision: v.ModRevision(), Start: start, End: end})
+				s.record(watchcheck.CacheRead{Key: v.Key, ModRevision: v.ModRevision(), Start: start, End: end})
 				v.Tag = "mutated"
 			}
 		}
@@ -928,12 +931,12 @@ func (r *chaosTrial) cacheReader(ctx context.Context, s *chaosCacheSubj, rng *ra
 		end := chaosClock.Add(1)
 		switch {
 		case errors.Is(err, storage.ErrNotFound):
-			s.record(chaosCacheRead{Key: key, Start: start, End: end})
+			s.record(watchcheck.CacheRead{Key: key, Start: start, End: end})
 		case err != nil:
 			r.violate(s.name, "get %s: %v", key, err)
 			return
 		default:
-			s.record(chaosCacheRead{Key: key, ModRevision: v.ModRevision(), Start: start, End: end})
+			s.record(watchcheck.CacheRead{Key: key, ModRevision: v.ModRevision(), Start: start, End: end})
 			v.Tag = "mutated"
 			if again, err := s.c.Get(key).Exec(ctx); err == nil && again.Tag == "mutated" {
 				r.violate(s.name, "get %s: mutating a result changed the cache", key)
@@ -1013,12 +1016,12 @@ func (r *chaosTrial) judge(ctx context.Context, t *testing.T) chaosResult {
 	// The truth must be etcd: its fold equals a fresh read.
 	resp, err := cc.direct.Get(ctx, r.prefix, clientv3.WithPrefix())
 	require.NoError(t, err)
-	fresh := map[string]chaosKV{}
+	fresh := map[string]watchcheck.KV{}
 	var freshValues []*chaosValue
 	values, err := storage.DecodeGetResponse[*chaosValue](resp)
 	require.NoError(t, err)
 	for _, v := range values {
-		fresh[v.Key] = chaosKV{Value: v.Tag, Version: v.Version()}
+		fresh[v.Key] = watchcheck.KV{Value: v.Tag, Version: v.Version()}
 		freshValues = append(freshValues, v)
 	}
 	if msg := chaosCacheDiff(truth, freshValues, true); msg != "" {
@@ -1028,7 +1031,7 @@ func (r *chaosTrial) judge(ctx context.Context, t *testing.T) chaosResult {
 	for i, w := range r.watches {
 		op := r.watchOps[i]
 		last := int64(0)
-		if in := chaosInPrefix(truth, w.prefix); len(in) > 0 {
+		if in := watchcheck.InPrefix(truth, w.prefix); len(in) > 0 {
 			last = in[len(in)-1].Revision
 		}
 		wctx, cancel := context.WithTimeout(ctx, r.converge(w.name))
@@ -1055,16 +1058,16 @@ func (r *chaosTrial) judge(ctx context.Context, t *testing.T) chaosResult {
 			r.violate(w.name, "delivered up to revision %d, the ground truth's last change under %s is at %d",
 				got, w.prefix, last)
 		}
-		if err := chaosCheckWatch(h, truth); err != nil {
+		if err := watchcheck.Watch(h, truth); err != nil {
 			r.violate(w.name, "%v", err)
 		}
-		final := map[string]chaosKV{}
+		final := map[string]watchcheck.KV{}
 		for k, kv := range fresh {
 			if strings.HasPrefix(k, w.prefix) {
 				final[k] = kv
 			}
 		}
-		if err := chaosCheckReplay(h, final); err != nil && w.delivered() >= last {
+		if err := watchcheck.Replay(h, final); err != nil && w.delivered() >= last {
 			r.violate(w.name, "%v", err)
 		}
 		t.Logf("chaos %d: %s (member %d): %d events, %d restarts recorded (%d internal, %d not recordable), recovery %+v",
@@ -1084,7 +1087,7 @@ func (r *chaosTrial) judge(ctx context.Context, t *testing.T) chaosResult {
 		s.mu.Lock()
 		reads := slices.Clone(s.reads)
 		s.mu.Unlock()
-		if err := chaosCheckCacheMonotonic(reads); err != nil {
+		if err := watchcheck.CacheMonotonic(reads); err != nil {
 			r.violate(s.name, "%v", err)
 		}
 		res.recovery[s.name] = storage.CacheRecovery(s.c)
@@ -1160,27 +1163,27 @@ func (r *chaosTrial) awaitExpiry(ctx context.Context) {
 // its keys absent at its revision, no definitely failed write left a value,
 // no value was written twice or by nobody, and every delete is explained by
 // a write or by the expiry of a TTL put.
-func chaosCheckWrites(writes []chaosWrite, truth []chaosTruth) []string {
+func chaosCheckWrites(writes []chaosWrite, truth []watchcheck.Truth) []string {
 	var msgs []string
 	fail := func(format string, args ...any) {
 		if len(msgs) < 20 {
 			msgs = append(msgs, fmt.Sprintf(format, args...))
 		}
 	}
-	byTag := map[string]chaosTruth{}
-	byKey := map[string][]chaosTruth{}
+	byTag := map[string]watchcheck.Truth{}
+	byKey := map[string][]watchcheck.Truth{}
 	for _, t := range truth {
 		byKey[t.Key] = append(byKey[t.Key], t)
 		if t.Type != storage.EventTypePut {
 			continue
 		}
 		if _, dup := byTag[t.Value]; dup {
-			fail("value %s written twice (again at %s)", t.Value, chaosFmtTruth(t))
+			fail("value %s written twice (again at %s)", t.Value, watchcheck.FormatTruth(t))
 		}
 		byTag[t.Value] = t
 	}
 	absent := func(key string, rev int64) bool {
-		var last *chaosTruth
+		var last *watchcheck.Truth
 		for i, t := range byKey[key] {
 			if t.Revision > rev {
 				break
@@ -1196,18 +1199,18 @@ func chaosCheckWrites(writes []chaosWrite, truth []chaosTruth) []string {
 			t, found := byTag[tag]
 			switch {
 			case w.Outcome == chaosFailed && found:
-				fail("write %d (%s %s) failed with %q, yet %s holds its value", w.ID, w.Kind, w.PutKeys[i], w.Err, chaosFmtTruth(t))
+				fail("write %d (%s %s) failed with %q, yet %s holds its value", w.ID, w.Kind, w.PutKeys[i], w.Err, watchcheck.FormatTruth(t))
 			case w.Outcome == chaosOK && !found:
 				fail("acknowledged write %d (%s %s at %d) is not in the ground truth", w.ID, w.Kind, w.PutKeys[i], w.Revision)
 			case w.Outcome == chaosOK && (t.Key != w.PutKeys[i] || t.Revision != w.Revision):
-				fail("acknowledged write %d (%s %s at %d) is in the ground truth as %s", w.ID, w.Kind, w.PutKeys[i], w.Revision, chaosFmtTruth(t))
+				fail("acknowledged write %d (%s %s at %d) is in the ground truth as %s", w.ID, w.Kind, w.PutKeys[i], w.Revision, watchcheck.FormatTruth(t))
 			}
 		}
 		if w.Outcome != chaosOK {
 			continue
 		}
 		for _, k := range w.DelKeys {
-			if w.DelValue && !slices.ContainsFunc(byKey[k], func(t chaosTruth) bool {
+			if w.DelValue && !slices.ContainsFunc(byKey[k], func(t watchcheck.Truth) bool {
 				return t.Revision == w.Revision && t.Type == storage.EventTypeDelete
 			}) {
 				fail("acknowledged write %d (%s %s at %d) has no delete in the ground truth", w.ID, w.Kind, k, w.Revision)
@@ -1231,7 +1234,7 @@ func chaosCheckWrites(writes []chaosWrite, truth []chaosTruth) []string {
 		for i, t := range events {
 			if t.Type == storage.EventTypePut {
 				if _, ok := writeOf[t.Value]; !ok {
-					fail("%s holds %q, which no write wrote", chaosFmtTruth(t), t.Value)
+					fail("%s holds %q, which no write wrote", watchcheck.FormatTruth(t), t.Value)
 				}
 				continue
 			}
@@ -1241,7 +1244,7 @@ func chaosCheckWrites(writes []chaosWrite, truth []chaosTruth) []string {
 			if !slices.ContainsFunc(writes, func(w chaosWrite) bool {
 				return deletes(w, key) && (w.Outcome == chaosUnknown || w.Outcome == chaosOK && w.Revision == t.Revision)
 			}) {
-				fail("%s: no write deleted it and it had no TTL", chaosFmtTruth(t))
+				fail("%s: no write deleted it and it had no TTL", watchcheck.FormatTruth(t))
 			}
 		}
 	}
@@ -1282,10 +1285,10 @@ func (r *chaosTrial) dump(t *testing.T) string {
 // w (the broken watch), or "" when it did: the broken path was taken in a
 // way that changes what the watch delivers, so the checkers must catch it.
 // ended tells whether w's run had ended by itself before Close.
-func (r *chaosTrial) canaryUnmet(w *chaosWatchRec, ended bool, truth []chaosTruth) string {
+func (r *chaosTrial) canaryUnmet(w *chaosWatchRec, ended bool, truth []watchcheck.Truth) string {
 	starts, ahead := w.evidence()
 	changed := map[int64]bool{} // revisions with a change under the watched prefix
-	for _, t := range chaosInPrefix(truth, w.prefix) {
+	for _, t := range watchcheck.InPrefix(truth, w.prefix) {
 		changed[t.Revision] = true
 	}
 	skipsChanges := func(a chaosAhead) bool {

@@ -30,37 +30,9 @@ func CacheRecovery[V Value](c Cache[V]) Recovery { return recoveryOf(c.(*cache[V
 // SetMaxPending lowers the backlog bound of a WatchOp (before Watch).
 func SetMaxPending[V Value](op WatchOp[V], n int) { op.(*watchOp[V]).w.maxPending = n }
 
-// Canaries are deliberately broken watch behaviours, by name, for the
-// chaos test's canary runs.
-var Canaries = map[string]canary{
-	"resume-from-header":  canaryResumeFromHeader,
-	"no-relist":           canaryNoRelist,
-	"watch-from-read-rev": canaryWatchFromReadRev,
-	"closed-is-end":       canaryClosedIsEnd,
-}
-
-// SetWatchCanary breaks a WatchOp on purpose (before Watch).
-func SetWatchCanary[V Value](op WatchOp[V], name string) { op.(*watchOp[V]).w.canary = Canaries[name] }
-
-// SetCacheCanary breaks a Cache's watch on purpose (before Start).
-func SetCacheCanary[V Value](c Cache[V], name string) { c.(*cache[V]).w.canary = Canaries[name] }
-
-// SetWatchRestartHook has a WatchOp call f (before Watch) from the goroutine
-// that calls the handler: before the items of every read (readRev the read's
-// revision, lastRev 0 for the initial read, else the revision reached) and
-// before every resume after a failure (lastRev the revision it resumes after,
-// readRev 0).
-func SetWatchRestartHook[V Value](op WatchOp[V], f func(lastRev, readRev int64)) {
-	op.(*watchOp[V]).w.onRestart = f
-}
-
 // InitialReadAttempts is how often a watch's initial read starts over when
 // etcd compacts between its pages.
 const InitialReadAttempts = initialReadAttempts
-
-// SetWatchPageHook has a WatchOp call f (before Watch) between the pages of
-// its paged reads, after each page that has more to come.
-func SetWatchPageHook[V Value](op WatchOp[V], f func()) { op.(*watchOp[V]).w.betweenPages = f }
 
 // WatchEnded reports whether op's run has ended by itself: no run is in
 // progress, or its goroutine has exited. Call it before Close, which ends

@@ -49,9 +49,7 @@ func (w *watcher) read(ctx context.Context, s sink, from int64) (int64, error) {
 		}
 		return 0, err
 	}
-	if w.onRestart != nil {
-		w.onRestart(from, rev)
-	}
+	w.hooks.restarted(from, rev)
 	if err := s.reset(ctx, kvs, rev); err != nil {
 		return 0, stopError{fmt.Errorf("%s: %w", w.what, err)}
 	}
@@ -101,8 +99,6 @@ func (w *watcher) readAll(ctx context.Context) ([]*mvccpb.KeyValue, int64, error
 			return kvs, rev, nil
 		}
 		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
-		if w.betweenPages != nil {
-			w.betweenPages()
-		}
+		w.hooks.betweenPages()
 	}
 }

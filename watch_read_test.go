@@ -1,3 +1,5 @@
+//go:build storage_testhooks
+
 package storage_test
 
 import (

@@ -35,19 +35,8 @@ type watcher struct {
 	// maxPending bounds the backlog of a slow handler (a field so that
 	// white-box tests can lower it).
 	maxPending int
-	// canary breaks the watch on purpose, for tests that must prove the
-	// chaos test catches such bugs. Always canaryNone outside tests.
-	canary canary
-	// onRestart, set only by tests before a run, is called from the
-	// goroutine that delivers: before a read's items are delivered (readRev
-	// the read's revision; lastRev 0 for the initial read, else the revision
-	// the watch had reached) and before the watch resumes after a failure
-	// (lastRev the revision it resumes after, readRev 0). The chaos test
-	// needs it to place internal restarts in a delivered history.
-	onRestart func(lastRev, readRev int64)
-	// betweenPages, set only by tests before a run, is called by a paged
-	// read after each page that has more to come: tests compact there.
-	betweenPages func()
+	// hooks are the test hooks: empty in a normal build (testhooks_off.go).
+	hooks testHooks
 
 	// mu protects run and the closed and sent fields of every run. A run is
 	// current from start until it has ended: its goroutine (or, while the
@@ -306,8 +295,8 @@ func (w *watcher) loop(ctx context.Context, run *watchRun, s sink, rev int64) {
 				continue
 			}
 		} else {
-			if resuming && w.onRestart != nil {
-				w.onRestart(rev, 0)
+			if resuming {
+				w.hooks.restarted(rev, 0)
 			}
 			resuming = false
 			err = w.watchFrom(ctx, s, &rev, &failures)
@@ -323,7 +312,7 @@ func (w *watcher) loop(ctx context.Context, run *watchRun, s sink, rev int64) {
 			w.halt(run, s, err)
 			return
 		}
-		if w.canary == canaryClosedIsEnd {
+		if w.hooks.endsOnClosedChannel() {
 			return // as a naive "for resp := range wch" loop ends, silently
 		}
 		w.resumes.Add(1)
@@ -349,7 +338,7 @@ func (w *watcher) watchFrom(ctx context.Context, s sink, rev *int64, failures *i
 	// with ErrNoLeader; a plain watch would stay silent until it heals.
 	wctx, cancel := context.WithCancel(watchContext(ctx))
 	opts := append(w.opts[:len(w.opts):len(w.opts)],
-		clientv3.WithRev(*rev+1-w.canaryOffset()),
+		clientv3.WithRev(w.hooks.watchAfter(*rev)+1),
 		clientv3.WithProgressNotify(),
 		// The server splits a large catch-up into fragments of at most its
 		// request limit plus 512 KiB; a response still too large for the
@@ -388,8 +377,8 @@ func (w *watcher) watchFrom(ctx context.Context, s sink, rev *int64, failures *i
 // or a progress notification), and lastEvent to the last event's revision.
 // An error ends the watch.
 func (w *watcher) deliver(ctx context.Context, s sink, resp clientv3.WatchResponse, rev, lastEvent *int64) error {
-	if w.canary == canaryNoRelist && resp.CompactRevision != 0 {
-		*rev = resp.CompactRevision - 1 // skips what was compacted
+	if skipTo, ok := w.hooks.skipsCompaction(resp); ok {
+		*rev = skipTo
 		return errWatchClosed
 	}
 	if err := classify(w.what, resp); err != nil {
@@ -426,10 +415,7 @@ func (w *watcher) deliver(ctx context.Context, s sink, resp clientv3.WatchRespon
 		return stopError{fmt.Errorf("%s: %w", w.what, err)}
 	}
 	*lastEvent = events[len(events)-1].Kv.ModRevision
-	*rev = *lastEvent
-	if w.canary == canaryResumeFromHeader {
-		*rev = resp.Header.GetRevision()
-	}
+	*rev = w.hooks.resumeAfter(*lastEvent, resp)
 	return nil
 }
 
@@ -563,26 +549,6 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 	case <-ctx.Done():
 		return false
 	}
-}
-
-// canary names a deliberately broken watch behaviour. Tests set one to
-// check that the chaos test's checkers catch it; nothing else does.
-type canary int
-
-const (
-	canaryNone             canary = iota
-	canaryResumeFromHeader        // resume from the response header, which can run ahead of events
-	canaryNoRelist                // on compaction, skip to the compact revision without re-reading
-	canaryWatchFromReadRev        // watch from the read revision instead of the next one
-	canaryClosedIsEnd             // treat the end of a watch channel as the end of the stream
-)
-
-// canaryOffset is 1 when the watch must start one revision early (canary).
-func (w *watcher) canaryOffset() int64 {
-	if w.canary == canaryWatchFromReadRev {
-		return 1
-	}
-	return 0
 }
 
 // goid returns the current goroutine's id, parsed from its stack header

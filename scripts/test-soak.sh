@@ -37,7 +37,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
+tags=storage_testhooks # as scripts/test.sh
 go vet "${pkgs[@]}"
+go vet -tags "$tags" "${pkgs[@]}"
 go build -o "$dir/testreport" ./internal/ci/testreport
 
 if [[ $load == 1 ]]; then
@@ -74,7 +76,7 @@ for i in $(seq "$runs"); do
 	start=$(date +%s)
 	status=ok
 	# shellcheck disable=SC2086 # TESTFLAGS is a list of flags
-	if ! go test -race -count=1 -timeout 30m -json ${TESTFLAGS:-} "${pkgs[@]}" 2>&1 |
+	if ! go test -race -count=1 -timeout 30m -tags "$tags" -json ${TESTFLAGS:-} "${pkgs[@]}" 2>&1 |
 		tee "$dir/run$i.json" | "$dir/testreport" >"$dir/run$i.report"; then
 		status=FAILED
 		failed=$((failed + 1))

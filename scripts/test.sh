@@ -14,7 +14,11 @@ if [[ ${#pkgs[@]} -eq 0 ]]; then
 	pkgs=(./...)
 fi
 
+# The test hooks (testhooks_on.go: canaries, restart and page hooks) are built
+# only with this tag; vet checks the normal build too.
+tags=storage_testhooks
 go vet "${pkgs[@]}"
+go vet -tags "$tags" "${pkgs[@]}"
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -24,4 +28,4 @@ go build -o "$tmp/testreport" ./internal/ci/testreport
 
 # pipefail: the run fails if go test fails even when the report would pass.
 # shellcheck disable=SC2086 # TESTFLAGS is a list of flags
-go test -race -count=1 -timeout 30m -json ${TESTFLAGS:-} "${pkgs[@]}" | "$tmp/testreport"
+go test -race -count=1 -timeout 30m -tags "$tags" -json ${TESTFLAGS:-} "${pkgs[@]}" | "$tmp/testreport"

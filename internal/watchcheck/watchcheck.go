@@ -120,7 +120,8 @@ func fmtEvent(i int, e Delivered) string {
 	return s + ")"
 }
 
-func fmtTruth(t Truth) string {
+// FormatTruth names a ground-truth change: "put /a/x@7".
+func FormatTruth(t Truth) string {
 	return fmt.Sprintf("%s %s@%d", t.Type, t.Key, t.Revision)
 }
 
@@ -230,8 +231,8 @@ func Unique(h History) error {
 	return nil
 }
 
-// inPrefix returns the ground-truth changes under prefix, in order.
-func inPrefix(truth []Truth, prefix string) []Truth {
+// InPrefix returns the ground-truth changes under prefix, in order.
+func InPrefix(truth []Truth, prefix string) []Truth {
 	p := withSlash(prefix)
 	var in []Truth
 	for _, t := range truth {
@@ -259,7 +260,7 @@ func Atomic(h History, truth []Truth) error {
 		}
 	}
 	want := map[int64]map[string]bool{}
-	for _, t := range inPrefix(truth, h.Prefix) {
+	for _, t := range InPrefix(truth, h.Prefix) {
 		if want[t.Revision] == nil {
 			want[t.Revision] = map[string]bool{}
 		}
@@ -325,7 +326,9 @@ func StateDiff(got, want map[string]KV) (string, bool) {
 	return "", false
 }
 
-func fmtKV(m map[string]KV, k string) string {
+// FormatKV describes key k of a state: its value and version, or that it
+// is absent.
+func FormatKV(m map[string]KV, k string) string {
 	kv, ok := m[k]
 	if !ok {
 		return "absent"
@@ -356,7 +359,7 @@ func Reliable(h History, truth []Truth) error {
 	if len(reads) == 0 || reads[0].From != 0 {
 		return fmt.Errorf("%w: history has no initial read revision", ErrReliable)
 	}
-	in := inPrefix(truth, h.Prefix)
+	in := InPrefix(truth, h.Prefix)
 	state := map[string]KV{}
 	cursor, next := 0, 0 // next ground-truth change; next read
 	for i := 0; i <= len(h.Events); i++ {
@@ -369,7 +372,7 @@ func Reliable(h History, truth []Truth) error {
 			want := StateAt(in, r.Rev)
 			if k, ok := StateDiff(state, want); ok {
 				return fmt.Errorf("%w: after the read at revision %d (index %d), %s is %s, ground truth %s",
-					ErrReliable, r.Rev, r.From, k, fmtKV(state, k), fmtKV(want, k))
+					ErrReliable, r.Rev, r.From, k, FormatKV(state, k), FormatKV(want, k))
 			}
 			for cursor < len(in) && in[cursor].Revision <= r.Rev {
 				cursor++
@@ -396,10 +399,10 @@ func Reliable(h History, truth []Truth) error {
 		switch {
 		case t.Revision < e.Revision:
 			return fmt.Errorf("%w: ground truth %s is missing before %s",
-				ErrReliable, fmtTruth(t), fmtEvent(i, e))
+				ErrReliable, FormatTruth(t), fmtEvent(i, e))
 		case t.Revision > e.Revision || t.Key != e.Key:
 			return fmt.Errorf("%w: %s is not in the ground truth (next there: %s)",
-				ErrReliable, fmtEvent(i, e), fmtTruth(t))
+				ErrReliable, fmtEvent(i, e), FormatTruth(t))
 		case t.Type != e.Type || t.Value != e.Value || t.Version != e.Version:
 			return fmt.Errorf("%w: %s has %q version %d, ground truth %s %q version %d",
 				ErrReliable, fmtEvent(i, e), e.Value, e.Version, t.Type, t.Value, t.Version)
@@ -409,7 +412,7 @@ func Reliable(h History, truth []Truth) error {
 	}
 	if n := len(h.Events); n > 0 && cursor < len(in) && in[cursor].Revision <= h.Events[n-1].Revision {
 		return fmt.Errorf("%w: ground truth %s is missing at the end (last delivered revision %d)",
-			ErrReliable, fmtTruth(in[cursor]), h.Events[n-1].Revision)
+			ErrReliable, FormatTruth(in[cursor]), h.Events[n-1].Revision)
 	}
 	return nil
 }
@@ -427,7 +430,7 @@ func bridgedAt(restarts []Restart, at int) bool {
 // rest of it is rule 3's). The restart's LastRev must be the revision of the
 // event before it. A restart bridged by a re-read is rule 4's.
 func Resumable(h History, truth []Truth) error {
-	in := inPrefix(truth, h.Prefix)
+	in := InPrefix(truth, h.Prefix)
 	for n, r := range h.Restarts {
 		if r.At > 0 && r.At <= len(h.Events) && h.Events[r.At-1].Revision != r.LastRev {
 			return fmt.Errorf("%w: restart %d records last delivered revision %d, but %s precedes it",
@@ -452,7 +455,7 @@ func Resumable(h History, truth []Truth) error {
 		}
 		if e.Revision != first.Revision || !sameRev {
 			return fmt.Errorf("%w: restart %d resumed after revision %d with %s, want the first change after it, %s",
-				ErrResumable, n, r.LastRev, fmtEvent(r.At, e), fmtTruth(first))
+				ErrResumable, n, r.LastRev, fmtEvent(r.At, e), FormatTruth(first))
 		}
 	}
 	return nil
@@ -476,7 +479,7 @@ func Filter(h History) error {
 // read item creates when the key's version at the read revision is 1 and
 // modifies when it is above; a delete does neither.
 func Flags(h History, truth []Truth) error {
-	in := inPrefix(truth, h.Prefix)
+	in := InPrefix(truth, h.Prefix)
 	type revKey struct {
 		rev int64
 		key string
@@ -530,7 +533,7 @@ func Replay(h History, final map[string]KV) error {
 	}
 	if k, ok := StateDiff(state, final); ok {
 		return fmt.Errorf("%w: replay of %d events gives %s = %s, fresh read %s",
-			ErrReplay, len(h.Events), k, fmtKV(state, k), fmtKV(final, k))
+			ErrReplay, len(h.Events), k, FormatKV(state, k), FormatKV(final, k))
 	}
 	return nil
 }
