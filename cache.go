@@ -117,9 +117,10 @@ type Cache[V Value] interface {
 }
 
 // writeThrough is what a cache's write ops call: checkWrite before the
-// request, writeDelete after a delete succeeded.
+// request, writePut or writeDelete after it succeeded.
 type writeThrough interface {
 	checkWrite(key string) error
+	writePut(key string, value []byte, version, revision int64)
 	writeDelete(key string, prefix bool, revision int64)
 }
 

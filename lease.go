@@ -136,14 +136,3 @@ func (m *leaseManager) forget(ids []clientv3.LeaseID) {
 func leaseSeconds(ttl time.Duration) int64 {
 	return min(int64((ttl+time.Second/2+time.Second-1)/time.Second), maxLeaseTTL)
 }
-
-// checkTTL refuses a ttl that no lease can carry: what names the op and key.
-func checkTTL(what string, ttl time.Duration) error {
-	switch {
-	case ttl <= 0:
-		return fmt.Errorf("%s: TTL must be positive, got %v", what, ttl)
-	case ttl > maxLeaseTTL*time.Second:
-		return fmt.Errorf("%s: TTL %v exceeds etcd's maximum lease TTL of %ds", what, ttl, int64(maxLeaseTTL))
-	}
-	return nil
-}

@@ -8,6 +8,27 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
+// DeleteOp is an operation that deletes one or more values from storage, and
+// returns the number of values deleted.
+type DeleteOp interface {
+	TxnOperation
+	Exec(ctx context.Context) (int64, error)
+	// The revision returned by the server. Only populated after Exec() is
+	// called.
+	Revision() int64
+}
+
+// DeleteValueOp is a delete operation that deletes a single value from
+// storage and enforces value version constraints. Exec returns an error
+// wrapping [ErrValueVersionMismatch] if the constraint fails.
+type DeleteValueOp[V Value] interface {
+	TxnOperation
+	Exec(ctx context.Context) error
+	// The revision returned by the server. Only populated after Exec is
+	// called.
+	Revision() int64
+}
+
 // deleteOp implements DeleteOp for a single key and for a prefix.
 type deleteOp struct {
 	client *clientv3.Client
@@ -104,17 +125,6 @@ func (d *deleteOp) txnKey() (kind, key, end string) {
 		return "delete", start, end
 	}
 	return "delete", d.key, ""
-}
-
-// checkSingleKeyOptions refuses a range option (WithPrefix, WithRange,
-// WithFromKey) on an op that names one key: clientv3 would make it a range
-// delete (of the whole keyspace for the empty key) that neither a Txn's key
-// checks nor a Cache's bookkeeping see.
-func checkSingleKeyOptions(what string, opts []clientv3.OpOption) error {
-	if o := inspectOptions(opts); o.RangeBytes() != nil || o.IsOptsWithFromKey() || o.IsOptsWithPrefix() {
-		return fmt.Errorf("%s: invalid option: a range conflicts with the op's own key", what)
-	}
-	return nil
 }
 
 // deleteValueOp implements DeleteValueOp.

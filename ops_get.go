@@ -13,19 +13,41 @@ import (
 // --max-txn-ops. A server with a lower limit makes it halve the chunk.
 const maxGetChunk = 128
 
-// checkReadOptions refuses caller options that would change what a read op
-// returns beyond its documented shape: a range on an op that names its keys
-// (or a second range on a prefix or range op), and count-only or keys-only
-// reads, which leave no value to decode.
-func checkReadOptions(what string, opts []clientv3.OpOption) error {
-	o := inspectOptions(opts)
-	switch {
-	case o.RangeBytes() != nil || o.IsOptsWithFromKey() || o.IsOptsWithPrefix():
-		return fmt.Errorf("%s: invalid option: a range conflicts with the op's own keys", what)
-	case o.IsCountOnly() || o.IsKeysOnly():
-		return fmt.Errorf("%s: invalid option: count-only and keys-only reads return no values", what)
+// GetOp is an operation that returns a single value. Exec returns an error
+// wrapping [ErrNotFound] when the key does not exist.
+type GetOp[V Value] interface {
+	Exec(ctx context.Context) (V, error)
+}
+
+// GetMultipleOp is an operation that returns multiple values. An empty
+// result is a nil error and no values.
+type GetMultipleOp[V Value] interface {
+	Exec(ctx context.Context) ([]V, error)
+}
+
+// ExistsOp is an operation that reports whether a key exists.
+type ExistsOp interface {
+	Exec(ctx context.Context) (bool, error)
+}
+
+// DecodeGetResponse is a helper function to extract typed values from a
+// clientv3.GetResponse. It reads only resp.Kvs, so a hand-built response
+// without a Header works. Each value's version (and a RevisionedValue's mod
+// revision) is set from its KeyValue. The first value that cannot be decoded
+// fails the call with an error naming its key.
+func DecodeGetResponse[V Value](resp *clientv3.GetResponse) ([]V, error) {
+	if resp == nil || len(resp.Kvs) == 0 {
+		return nil, nil
 	}
-	return nil
+	out := make([]V, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		v, err := decodeKV[V](kv)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, nil
 }
 
 // getOp implements GetOp.

@@ -28,6 +28,35 @@ func (k putKind) String() string {
 	return "put"
 }
 
+// PutOp is an operation that puts a key-value pair into storage.
+type PutOp[V Value] interface {
+	TxnOperation
+	// WithTTL sets a time-to-live for this value. The value will
+	// automatically be removed after the TTL has expired. The put is attached
+	// to a lease, new or shared with earlier TTL puts of the same client,
+	// whose TTL is ceil(ttl + 0.5s) seconds and which has at least ttl left
+	// counted from when Exec (or Commit) was called. That is not counted from
+	// when the request is sent: in a Txn, another op's lease grant may delay
+	// it. So the key exists for at least ttl after Exec is called, and on a
+	// healthy cluster is gone no later than ceil(ttl + 0.5s) seconds plus
+	// etcd's expiry check (up to 0.5 s) after Exec returns.
+	//
+	// Exec fails with an error naming the op and key, before any lease is
+	// granted, for a ttl that is not positive or is above etcd's maximum lease
+	// TTL (9,000,000,000 s), and for a caller's clientv3.WithLease beside
+	// WithTTL (a caller's WithLease alone is honoured).
+	WithTTL(ttl time.Duration) PutOp[V]
+	// WithUpdatedVersion will update the version on the value after the put
+	// operation completes.
+	WithUpdatedVersion() PutOp[V]
+	// Exec runs the op alone.
+	Exec(ctx context.Context) error
+	// The revision returned by the server. Only populated after Exec is
+	// called.
+	Revision() int64
+	VersionUpdater
+}
+
 // putOp implements PutOp for Put, Create and Update, alone, in a Txn, and
 // through a Cache.
 type putOp[V Value] struct {
@@ -36,7 +65,7 @@ type putOp[V Value] struct {
 	key    string
 	val    V
 	opts   []clientv3.OpOption
-	cache  *cache[V] // non-nil for a cache's op: written through on success
+	cache  writeThrough // non-nil for a cache's op: written through on success
 
 	ttl           time.Duration
 	hasTTL        bool

@@ -7,7 +7,6 @@ import (
 	"math/rand/v2"
 	"runtime"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -147,30 +146,6 @@ func newWatcher(client *clientv3.Client, key string, prefix bool, opts []clientv
 		w.what = "watch prefix " + key
 	}
 	return w
-}
-
-// checkOptions refuses caller options that conflict with the watcher's own
-// (it sets the revision and the range) or that clientv3's watch panics on.
-func (w *watcher) checkOptions() error {
-	o := inspectOptions(w.opts)
-	switch {
-	case o.Rev() != 0 || o.RangeBytes() != nil || o.IsOptsWithPrefix() || o.IsOptsWithFromKey():
-		return fmt.Errorf("%s: invalid option: the watch sets its own revision and range", w.what)
-	case o.Limit() != 0 || o.IsSerializable() || o.IsCountOnly() || o.IsKeysOnly() ||
-		o.MinModRev() != 0 || o.MaxModRev() != 0 || o.MinCreateRev() != 0 || o.MaxCreateRev() != 0:
-		return fmt.Errorf("%s: invalid option: only watch options apply", w.what)
-	}
-	// Lease and sort options are not visible through clientv3.Op's accessors;
-	// OpDelete rejects both as the watch does (it also rejects filters, which
-	// fit a watch, so only its lease and sort verdicts count).
-	if _, err := checkedOp(w.what, func() clientv3.Op { return clientv3.OpDelete("k", w.opts...) }); err != nil {
-		for _, bad := range []string{"unexpected lease", "unexpected sort"} {
-			if strings.Contains(err.Error(), bad) {
-				return fmt.Errorf("%s: invalid option: only watch options apply (%s)", w.what, bad)
-			}
-		}
-	}
-	return nil
 }
 
 // start reads and delivers the initial state, then runs the watch in a
