@@ -12,9 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// TTL puts share leases, as Kubernetes' apiserver does: a lease granted for
-// one put serves later puts whose expiry it still covers, so a stream of TTL
-// puts costs one grant per lease lifetime rather than one per put.
+// How TTL puts share leases (the contract is PutOp.WithTTL's doc).
 //
 // The bound of WithTTL(d) holds for a new or a reused lease alike: the lease
 // has a TTL of ceil(d + 0.5s) seconds (so the key is gone at most that long

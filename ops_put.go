@@ -31,20 +31,31 @@ func (k putKind) String() string {
 // PutOp is an operation that puts a key-value pair into storage.
 type PutOp[V Value] interface {
 	TxnOperation
-	// WithTTL sets a time-to-live for this value. The value will
-	// automatically be removed after the TTL has expired. The put is attached
-	// to a lease, new or shared with earlier TTL puts of the same client,
-	// whose TTL is ceil(ttl + 0.5s) seconds and which has at least ttl left
-	// counted from when Exec (or Commit) was called. That is not counted from
-	// when the request is sent: in a Txn, another op's lease grant may delay
-	// it. So the key exists for at least ttl after Exec is called, and on a
-	// healthy cluster is gone no later than ceil(ttl + 0.5s) seconds plus
-	// etcd's expiry check (up to 0.5 s) after Exec returns.
+	// WithTTL sets a time-to-live for this value: etcd removes the key
+	// once it has expired. The key exists for at least ttl after Exec (or
+	// Commit) is called. On a healthy cluster it is gone no later than
+	// ceil(ttl + 0.5s) seconds after Exec returns, plus etcd's expiry check
+	// (up to 0.5 s). etcd may round a short TTL up to its minimum lease TTL,
+	// and a leader change restarts every lease's clock, so expiry can come
+	// later than that bound, never earlier.
 	//
-	// Exec fails with an error naming the op and key, before any lease is
-	// granted, for a ttl that is not positive or is above etcd's maximum lease
-	// TTL (9,000,000,000 s), and for a caller's clientv3.WithLease beside
-	// WithTTL (a caller's WithLease alone is honoured).
+	// The put is attached to a lease of ceil(ttl + 0.5s) seconds. Leases are
+	// shared, as Kubernetes' apiserver shares them: a lease granted for one
+	// TTL put serves the later TTL puts of the same client whose expiry it
+	// still covers. A stream of TTL puts then costs about one grant per lease
+	// lifetime, and live leases stay bounded. A lease is handed out only
+	// while it has at least ttl left, counted from when Exec or Commit was
+	// called. In a Txn another op's lease grant may delay the request after
+	// that point, which the bound above already allows for. If etcd reports
+	// that a shared lease is gone (revoked by another client, or lost with a
+	// restored cluster), the request is sent once more with a fresh lease.
+	//
+	// A put without WithTTL detaches the key from its lease: to keep a key
+	// expiring, put it with a TTL every time, as a heartbeat does. Exec fails
+	// with an error naming the op and key, before any lease is granted, for
+	// a ttl that is not positive or is above etcd's maximum lease TTL
+	// (9,000,000,000 s), and for a caller's clientv3.WithLease beside
+	// WithTTL. A caller's WithLease alone is honoured.
 	WithTTL(ttl time.Duration) PutOp[V]
 	// WithUpdatedVersion will update the version on the value after the put
 	// operation completes.

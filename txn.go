@@ -23,7 +23,8 @@ import (
 // goroutine, and concurrent Commits run one at a time, each with the versions
 // the one before wrote back. It can be committed more than once: each Commit
 // sends every op as it is at that moment, so after a conflict a caller
-// refreshes its values and commits the same Txn again.
+// refreshes its values and commits the same Txn again. Refresh them in
+// place: an op keeps a pointer to its value, not a copy.
 //
 // The ops and the values they point to stay the caller's: an op must not run
 // concurrently with itself (Exec'd while a Txn holding it commits, or in two

@@ -71,7 +71,8 @@ type WatchOp[V Value] interface {
 	// last revision it delivered. If etcd compacted past that revision, it
 	// re-reads and delivers what changed meanwhile (puts for new or changed
 	// keys, deletes for keys that vanished; intermediate versions are gone).
-	// Retries back off exponentially from 50 ms up to 2 s, jittered.
+	// The first retry after a failure is immediate. Later ones wait
+	// 25-50 ms, doubling up to 1-2 s, jittered.
 	//
 	// A slow handler never makes memory grow without bound: when more than
 	// 1,000 received events wait for it, the watch cancels its stream and,

@@ -293,7 +293,8 @@ func (w *watcher) loop(ctx context.Context, run *watchRun, s sink, rev int64) {
 		w.resumes.Add(1)
 		resuming = true
 		if !sleepCtx(ctx, backoff(failures)) {
-			continue // the context check above ends the run
+			w.halt(run, s, fmt.Errorf("%s: %w", w.what, context.Cause(ctx)))
+			return // the backoff was interrupted: the run ends now
 		}
 		failures++
 	}
