@@ -335,7 +335,7 @@ func (w *watcher) watchFrom(ctx context.Context, s sink, rev *int64, failures *i
 		cancel()
 		<-donec
 	}()
-	lastEvent := *rev // the stream was asked for the changes after rev
+	lastEvent := *rev - w.canaryOffset() // the stream asks for the changes after it
 	for {
 		resp, err := q.pop(ctx)
 		if err != nil {
