@@ -313,8 +313,9 @@ func (w *watcher) watchFrom(ctx context.Context, s sink, rev *int64, failures *i
 	// A member cut off from its peers ends a watch that requires a leader
 	// with ErrNoLeader; a plain watch would stay silent until it heals.
 	wctx, cancel := context.WithCancel(watchContext(ctx))
+	after := w.hooks.watchAfter(*rev) // rev, unless a canary starts early
 	opts := append(w.opts[:len(w.opts):len(w.opts)],
-		clientv3.WithRev(w.hooks.watchAfter(*rev)+1),
+		clientv3.WithRev(after+1),
 		clientv3.WithProgressNotify(),
 		// The server splits a large catch-up into fragments of at most its
 		// request limit plus 512 KiB; a response still too large for the
@@ -335,7 +336,7 @@ func (w *watcher) watchFrom(ctx context.Context, s sink, rev *int64, failures *i
 		cancel()
 		<-donec
 	}()
-	lastEvent := *rev - w.canaryOffset() // the stream asks for the changes after it
+	lastEvent := after // the stream asks for the changes after it
 	for {
 		resp, err := q.pop(ctx)
 		if err != nil {

@@ -2,6 +2,7 @@ package storage
 
 import (
 	"context"
+	"reflect"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -13,8 +14,20 @@ import (
 // in orders that etcd 3.6 never sends, but older servers and clientv3's own
 // stream resumes could.
 
+// withHeader sets resp's header to one at rev. WatchResponse.Header is a
+// value in etcd 3.6 and a pointer in 3.7: reflection sets either.
+func withHeader(resp clientv3.WatchResponse, rev int64) clientv3.WatchResponse {
+	h := reflect.ValueOf(&pb.ResponseHeader{Revision: rev})
+	f := reflect.ValueOf(&resp).Elem().FieldByName("Header")
+	if f.Kind() != reflect.Pointer {
+		h = h.Elem()
+	}
+	f.Set(h)
+	return resp
+}
+
 func eventsAt(revs ...int64) clientv3.WatchResponse {
-	resp := clientv3.WatchResponse{Header: pb.ResponseHeader{Revision: revs[len(revs)-1]}}
+	resp := withHeader(clientv3.WatchResponse{}, revs[len(revs)-1])
 	for _, rev := range revs {
 		resp.Events = append(resp.Events, cachePutEvent("/p/k", "k", 1, rev))
 	}
@@ -22,7 +35,7 @@ func eventsAt(revs ...int64) clientv3.WatchResponse {
 }
 
 func progressAt(rev int64) clientv3.WatchResponse {
-	return clientv3.WatchResponse{Header: pb.ResponseHeader{Revision: rev}}
+	return withHeader(clientv3.WatchResponse{}, rev)
 }
 
 func TestDeliverDropsRepeatedEventsButNotEventsAfterAProgressAheadOfThem(t *testing.T) {
