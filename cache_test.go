@@ -34,13 +34,6 @@ func keyOfHost(h *host) string { return storage.Key(h.Name) }
 // keyOfRecord is the cache key of a record, like keyOfHost.
 func keyOfRecord(r *record) string { return storage.Key(r.Name) }
 
-// cachedHost returns a host as a read would: with its version set.
-func cachedHost(name string, port int, version int64) *host {
-	h := &host{Name: name, Port: port}
-	h.SetVersion(version)
-	return h
-}
-
 // rawHostJSON is the stored form of a host, for writers that bypass the library.
 func rawHostJSON(name string, port int) string {
 	return fmt.Sprintf(`{"name":%q,"port":%d}`, name, port)
@@ -174,8 +167,8 @@ func testCacheReads(ctx context.Context, t *testing.T, r hostReader) {
 			wantIs  error
 			wantErr string
 		}{
-			{name: "an existing key gives its value and version", key: "/c/a/1", want: cachedHost("c/a/1", 13, 3)},
-			{name: "a key that is also a prefix gives its own value", key: "/c/a", want: cachedHost("c/a", 1, 1)},
+			{name: "an existing key gives its value and version", key: "/c/a/1", want: hostWithVersion("c/a/1", 13, 3)},
+			{name: "a key that is also a prefix gives its own value", key: "/c/a", want: hostWithVersion("c/a", 1, 1)},
 			{name: "a missing key wraps ErrNotFound and names the key", key: "/c/missing", wantIs: storage.ErrNotFound, wantErr: "/c/missing"},
 			{name: "undecodable bytes give the decode error naming the key", key: "/c/bad/json", wantErr: `failed to decode "/c/bad/json"`},
 			{name: "JSON null gives the decode error naming the key", key: "/c/bad/null", wantErr: `failed to decode "/c/bad/null"`},
@@ -206,17 +199,17 @@ func testCacheReads(ctx context.Context, t *testing.T, r hostReader) {
 			{
 				name:   "values come in key order",
 				prefix: "/c/b/",
-				want:   []*host{cachedHost("c/b/1", 21, 1), cachedHost("c/b/2", 22, 1)},
+				want:   []*host{hostWithVersion("c/b/1", 21, 1), hostWithVersion("c/b/2", 22, 1)},
 			},
 			{
 				name:   "a prefix without its slash stops at the boundary",
 				prefix: "/c/a",
-				want:   []*host{cachedHost("c/a/1", 13, 3), cachedHost("c/a/2", 12, 1)},
+				want:   []*host{hostWithVersion("c/a/1", 13, 3), hostWithVersion("c/a/2", 12, 1)},
 			},
 			{
 				name:   "a prefix with its slash reads the same",
 				prefix: "/c/a/",
-				want:   []*host{cachedHost("c/a/1", 13, 3), cachedHost("c/a/2", 12, 1)},
+				want:   []*host{hostWithVersion("c/a/1", 13, 3), hostWithVersion("c/a/2", 12, 1)},
 			},
 			{name: "a prefix of nothing gives no values and no error", prefix: "/c/none"},
 			{name: "a key is no prefix of itself", prefix: "/c/a/1"},
@@ -527,7 +520,7 @@ func TestCacheWriteThroughOutranksOlderWatchEvents(t *testing.T) {
 			key:   "/ord/a",
 			stale: clientv3.OpPut("/ord/a", rawHostJSON("ord/a", 1)),
 			write: c.Put(&host{Name: "ord/a", Port: 2}),
-			want:  cachedHost("ord/a", 2, 2),
+			want:  hostWithVersion("ord/a", 2, 2),
 		},
 		{
 			name:  "an older watched put never brings back a key the cache deleted",
@@ -546,7 +539,7 @@ func TestCacheWriteThroughOutranksOlderWatchEvents(t *testing.T) {
 			key:   "/ord/e",
 			stale: clientv3.OpDelete("/ord/e"),
 			write: c.Create(&host{Name: "ord/e", Port: 3}),
-			want:  cachedHost("ord/e", 3, 1),
+			want:  hostWithVersion("ord/e", 3, 1),
 		},
 	}
 	for i, tt := range tests {
@@ -595,7 +588,7 @@ func TestCacheReadsReturnFreshInstances(t *testing.T) {
 	item := &host{Name: "fresh/a", Port: 1}
 	require.NoError(t, c.Put(item).Exec(ctx))
 	require.NoError(t, c.Put(&host{Name: "fresh/b", Port: 2}).Exec(ctx))
-	want := []*host{cachedHost("fresh/a", 1, 1), cachedHost("fresh/b", 2, 1)}
+	want := []*host{hostWithVersion("fresh/a", 1, 1), hostWithVersion("fresh/b", 2, 1)}
 
 	tests := []struct {
 		name   string
@@ -654,7 +647,7 @@ func TestCacheKeysOutsideItsPrefix(t *testing.T) {
 	c := startCache(ctx, t, client, "/in", keyOfHost)
 	require.NoError(t, c.Put(&host{Name: "in/a", Port: 1}).Exec(ctx))
 	require.NoError(t, c.Put(&host{Name: "in/b/1", Port: 2}).Exec(ctx))
-	all := []*host{cachedHost("in/a", 1, 1), cachedHost("in/b/1", 2, 1)}
+	all := []*host{hostWithVersion("in/a", 1, 1), hostWithVersion("in/b/1", 2, 1)}
 
 	requireUnchanged := func(t *testing.T) {
 		t.Helper()
@@ -696,8 +689,8 @@ func TestCacheKeysOutsideItsPrefix(t *testing.T) {
 	}{
 		{"put of an item outside fails naming its key", "/out/new", c.Put(&host{Name: "out/new"})},
 		{"create of an item outside fails naming its key", "/out/new", c.Create(&host{Name: "out/new"})},
-		{"update of an item outside fails naming its key", "/out/x", c.Update(cachedHost("out/x", 2, 1))},
-		{"delete value of an item outside fails naming its key", "/out/x", c.DeleteValue(cachedHost("out/x", 1, 1))},
+		{"update of an item outside fails naming its key", "/out/x", c.Update(hostWithVersion("out/x", 2, 1))},
+		{"delete value of an item outside fails naming its key", "/out/x", c.DeleteValue(hostWithVersion("out/x", 1, 1))},
 		{"delete prefix outside fails naming it", "/out/", c.DeletePrefix("/out")},
 		{"delete of the empty prefix is refused", `""`, c.DeletePrefix("")},
 		{"delete of the root prefix is refused", `"/"`, c.DeletePrefix("/")},
@@ -732,7 +725,7 @@ func TestCacheOfTheWholeKeyspaceReadsEveryItem(t *testing.T) {
 	put(t, client, "/a/1", rawHostJSON("a/1", 1))
 	c := startCache(ctx, t, client, "", keyOfHost)
 	require.NoError(t, c.Put(&host{Name: "b", Port: 2}).Exec(ctx))
-	want := []*host{cachedHost("a/1", 1, 1), cachedHost("b", 2, 1)}
+	want := []*host{hostWithVersion("a/1", 1, 1), hostWithVersion("b", 2, 1)}
 
 	got, err := c.GetPrefix("").Exec(ctx)
 	require.NoError(t, err)
@@ -772,9 +765,9 @@ func TestCacheSeesExternalWriters(t *testing.T) {
 
 	t.Run("a put is seen with its version", func(t *testing.T) {
 		raw(t, "/ext/a", rawHostJSON("ext/a", 1))
-		eventually(t, "/ext/a", cachedHost("ext/a", 1, 1))
+		eventually(t, "/ext/a", hostWithVersion("ext/a", 1, 1))
 		raw(t, "/ext/a", rawHostJSON("ext/a", 2))
-		eventually(t, "/ext/a", cachedHost("ext/a", 2, 2))
+		eventually(t, "/ext/a", hostWithVersion("ext/a", 2, 2))
 	})
 	t.Run("a delete is seen", func(t *testing.T) {
 		_, err := other.Delete(ctx, "/ext/a")
@@ -783,12 +776,12 @@ func TestCacheSeesExternalWriters(t *testing.T) {
 	})
 	t.Run("a re-created key is seen at version 1", func(t *testing.T) {
 		raw(t, "/ext/a", rawHostJSON("ext/a", 3))
-		eventually(t, "/ext/a", cachedHost("ext/a", 3, 1))
+		eventually(t, "/ext/a", hostWithVersion("ext/a", 3, 1))
 	})
 	t.Run("a prefix delete is seen", func(t *testing.T) {
 		raw(t, "/ext/d/1", rawHostJSON("ext/d/1", 1))
 		raw(t, "/ext/d/2", rawHostJSON("ext/d/2", 1))
-		eventually(t, "/ext/d/2", cachedHost("ext/d/2", 1, 1))
+		eventually(t, "/ext/d/2", hostWithVersion("ext/d/2", 1, 1))
 		_, err := other.Delete(ctx, "/ext/d/", clientv3.WithPrefix())
 		require.NoError(t, err)
 		require.EventuallyWithT(t, func(ct *assert.CollectT) {
@@ -798,7 +791,7 @@ func TestCacheSeesExternalWriters(t *testing.T) {
 		}, cacheWait, cachePoll)
 		got, err := c.GetPrefix("").Exec(ctx)
 		require.NoError(t, err)
-		require.Equal(t, []*host{cachedHost("ext/a", 3, 1)}, got)
+		require.Equal(t, []*host{hostWithVersion("ext/a", 3, 1)}, got)
 	})
 }
 
@@ -850,7 +843,7 @@ func TestCacheLifecycle(t *testing.T) {
 		require.NoError(t, c.Start(ctx))
 		got, err := c.GetPrefix("").Exec(ctx) // Start returns after its read: no wait
 		require.NoError(t, err)
-		require.Equal(t, []*host{cachedHost("life/a", 1, 1), cachedHost("life/b", 2, 2)}, got)
+		require.Equal(t, []*host{hostWithVersion("life/a", 1, 1), hostWithVersion("life/b", 2, 2)}, got)
 		_, err = storage.NewDeleteKeyOp(client, "/life/b").Exec(ctx)
 		require.NoError(t, err)
 	})
@@ -862,7 +855,7 @@ func TestCacheLifecycle(t *testing.T) {
 		require.NoError(t, c.Start(ctx))
 		got, err := c.Get("/life/a").Exec(ctx)
 		require.NoError(t, err)
-		require.Equal(t, cachedHost("life/a", 1, 1), got)
+		require.Equal(t, hostWithVersion("life/a", 1, 1), got)
 		c.Stop()
 		c.Stop()
 		requireNotReadable(t, c)

@@ -963,7 +963,7 @@ func TestEdgeUndecodableValueMidStreamIsAnErrorEventAndTheWatchGoesOn(t *testing
 			steps.await(t, 2)
 			got, err := cache.Get(key).Exec(ctx)
 			require.NoError(t, err)
-			assert.Equal(t, hostWithVersionEdge("k", 2, 3), got)
+			assert.Equal(t, hostWithVersion("k", 2, 3), got)
 
 			t.Log("phase 3: a delete")
 			del := storage.NewDeleteKeyOp(client, key)
@@ -998,7 +998,7 @@ func TestEdgeUndecodableValueMidStreamIsAnErrorEventAndTheWatchGoesOn(t *testing
 					require.Equal(t, revBad, bad.Revision)
 				}
 				require.Equal(t, storage.EventTypePut, events[first+1].Type)
-				require.Equal(t, hostWithVersionEdge("k", 2, 3), events[first+1].Value)
+				require.Equal(t, hostWithVersion("k", 2, 3), events[first+1].Value)
 				require.Equal(t, good2.Revision(), events[first+1].Revision)
 				require.Equal(t, storage.EventTypeDelete, events[first+2].Type)
 				require.Equal(t, key, events[first+2].Key)
@@ -1010,12 +1010,6 @@ func TestEdgeUndecodableValueMidStreamIsAnErrorEventAndTheWatchGoesOn(t *testing
 			edgeRequireNoWatchError(t, "the late cache", lateCache.Error())
 		})
 	}
-}
-
-func hostWithVersionEdge(name string, port int, version int64) *host {
-	h := &host{Name: name, Port: port}
-	h.SetVersion(version)
-	return h
 }
 
 // edgeCacheSteps reads one key of a cache and classifies the answer: 0 the

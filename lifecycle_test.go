@@ -351,7 +351,7 @@ func TestLifecycleConcurrentStopsAllWaitForAStartInProgress(t *testing.T) {
 	require.NoError(t, c.Start(ctx))
 	got, err := c.GetPrefix("").Exec(ctx)
 	require.NoError(t, err)
-	require.Equal(t, []*host{cachedHost("lc/a", 1, 1)}, got)
+	require.Equal(t, []*host{hostWithVersion("lc/a", 1, 1)}, got)
 }
 
 // lifecycleViolations collects what hammer goroutines found wrong; they

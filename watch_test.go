@@ -129,13 +129,6 @@ func watchHostJSON(name string) string {
 	return string(data)
 }
 
-// watchHost is the value a read of a host named name at version returns.
-func watchHost(name string, version int64) *host {
-	h := &host{Name: name}
-	h.SetVersion(version)
-	return h
-}
-
 // watchPut stores a host named name at key and returns the put's revision.
 func watchPut(t *testing.T, c *clientv3.Client, key, name string) int64 {
 	t.Helper()
@@ -160,7 +153,7 @@ func watchTxn(t *testing.T, c *clientv3.Client, ops ...clientv3.Op) int64 {
 }
 
 func wantPut(key, name string, version, rev int64) storage.Event[*host] {
-	return storage.Event[*host]{Type: storage.EventTypePut, Key: key, Value: watchHost(name, version),
+	return storage.Event[*host]{Type: storage.EventTypePut, Key: key, Value: hostWithVersion(name, 0, version),
 		IsCreate: version == 1, IsModify: version > 1, Revision: rev}
 }
 

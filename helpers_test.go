@@ -74,3 +74,10 @@ func put(t testing.TB, client *clientv3.Client, key, val string) int64 {
 	require.NoError(t, err)
 	return resp.Header.Revision
 }
+
+// hostWithVersion is a hand-built host as a read from etcd should return it.
+func hostWithVersion(name string, port int, version int64) *host {
+	h := &host{Name: name, Port: port}
+	h.SetVersion(version)
+	return h
+}
