@@ -21,13 +21,6 @@ import (
 	"github.com/etcdkit/storage/storagetest"
 )
 
-// cacheWait bounds every wait on the cache's watch; on a loaded runner under
-// -race an event arrives in milliseconds.
-const (
-	cacheWait = 30 * time.Second
-	cachePoll = 5 * time.Millisecond
-)
-
 // keyOfHost is the cache key of a host: its name is its key below the root.
 func keyOfHost(h *host) string { return storage.Key(h.Name) }
 
@@ -94,7 +87,7 @@ func requireCacheMatchesEtcd[V storage.Value](ctx context.Context, t *testing.T,
 		got, err := c.GetPrefix("").Exec(ctx)
 		require.NoError(ct, err)
 		require.Equal(ct, want, got)
-	}, 3*cacheWait, 20*time.Millisecond)
+	}, 3*waitTimeout, 20*time.Millisecond)
 }
 
 // hostReader is what a read test needs: NewGetOp and NewGetPrefixOp on etcd, and
@@ -143,7 +136,7 @@ func TestCacheReadsAnswerAsEtcdReads(t *testing.T) {
 	require.Eventually(t, func() bool {
 		_, err := c.Get("/c/zz/last").Exec(ctx)
 		return err == nil
-	}, cacheWait, cachePoll)
+	}, waitTimeout, pollInterval)
 
 	for _, r := range []struct {
 		name string
@@ -310,7 +303,7 @@ func prepareWrite(ctx context.Context, t *testing.T, client *clientv3.Client, c 
 		var err error
 		item, err = c.Get(key).Exec(ctx)
 		return err == nil && item.Version() == int64(w.stored)
-	}, cacheWait, cachePoll)
+	}, waitTimeout, pollInterval)
 	item.Count = 100
 	return key, item
 }
@@ -393,7 +386,7 @@ func (g *watchGate) next(t *testing.T) {
 	t.Helper()
 	select {
 	case g.step <- struct{}{}:
-	case <-time.After(cacheWait):
+	case <-time.After(waitTimeout):
 		t.Fatal("no held watch response to let through")
 	}
 }
@@ -569,7 +562,7 @@ func TestCacheWriteThroughOutranksOlderWatchEvents(t *testing.T) {
 			require.Eventually(t, func() bool {
 				_, err := c.Get(marker).Exec(ctx)
 				return err == nil
-			}, cacheWait, cachePoll)
+			}, waitTimeout, pollInterval)
 			requireHolds(t, "after the older watch event")
 
 			gate.release()
@@ -755,7 +748,7 @@ func TestCacheSeesExternalWriters(t *testing.T) {
 			}
 			require.NoError(ct, err)
 			require.Equal(ct, want, got)
-		}, cacheWait, cachePoll)
+		}, waitTimeout, pollInterval)
 	}
 	raw := func(t *testing.T, key, value string) {
 		t.Helper()
@@ -788,7 +781,7 @@ func TestCacheSeesExternalWriters(t *testing.T) {
 			got, err := c.GetPrefix("/ext/d").Exec(ctx)
 			require.NoError(ct, err)
 			require.Empty(ct, got)
-		}, cacheWait, cachePoll)
+		}, waitTimeout, pollInterval)
 		got, err := c.GetPrefix("").Exec(ctx)
 		require.NoError(t, err)
 		require.Equal(t, []*host{hostWithVersion("ext/a", 3, 1)}, got)
@@ -909,14 +902,14 @@ func TestCacheStopsOnAClosedClient(t *testing.T) {
 	// goroutines are gone.
 }
 
-// receiveError returns the next error on errc, failing the test after cacheWait.
+// receiveError returns the next error on errc, failing the test after waitTimeout.
 func receiveError(t *testing.T, errc <-chan error) error {
 	t.Helper()
 	select {
 	case err := <-errc:
 		require.Error(t, err)
 		return err
-	case <-time.After(cacheWait):
+	case <-time.After(waitTimeout):
 		t.Fatal("no error on Error()")
 		return nil
 	}

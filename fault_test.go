@@ -26,11 +26,6 @@ import (
 // resume on its own (dropped connection, restart) the counters may stay 0 and
 // the tests assert exactly-once, in-order delivery only.
 
-// faultWait bounds each wait of these tests. Stopping a member that serves a
-// watch stream alone takes 2 s (the framework's gRPC GracefulStop waits that
-// long for open streams).
-const faultWait = 30 * time.Second
-
 // faultLog records what a handler receives.
 type faultLog struct {
 	mu     sync.Mutex
@@ -67,7 +62,7 @@ func (l *faultLog) has(key string) bool {
 // waitFor waits until the log holds at least n events.
 func (l *faultLog) waitFor(t *testing.T, n int) {
 	t.Helper()
-	require.Eventually(t, func() bool { return l.len() >= n }, faultWait, 10*time.Millisecond,
+	require.Eventually(t, func() bool { return l.len() >= n }, waitTimeout, 10*time.Millisecond,
 		"the handler should receive %d events", n)
 }
 
@@ -170,7 +165,7 @@ func faultRecvError(t *testing.T, errc <-chan error, what string) error {
 	case err := <-errc:
 		require.Error(t, err, "%s: a nil error on Error()", what)
 		return err
-	case <-time.After(faultWait):
+	case <-time.After(waitTimeout):
 		require.FailNow(t, what+": no error on Error()")
 		return nil
 	}
@@ -217,7 +212,7 @@ func TestFaultWatchDeliversEveryWriteOnceAcrossAMemberRestart(t *testing.T) {
 
 	t.Log("phase 5: write 201 after recovery; a repeated event would arrive before it")
 	require.NoError(t, faultCreateSeq(ctx, writer, prefix, 201, 201))
-	require.Eventually(t, func() bool { return log.has(faultSeqKey(prefix, 201)) }, faultWait, 10*time.Millisecond)
+	require.Eventually(t, func() bool { return log.has(faultSeqKey(prefix, 201)) }, waitTimeout, 10*time.Millisecond)
 	requireFaultSeq(t, log.all(), prefix, 201)
 	faultNoError(t, w.Error())
 	// clientv3 resumes a watch across a member restart by itself, so Resumes
@@ -260,7 +255,7 @@ func TestFaultWatchDeliversEveryWriteOnceAcrossDroppedAndBlackholedConnections(t
 
 	t.Log("phase 5: write 201 after recovery; a repeated event would arrive before it")
 	require.NoError(t, faultCreateSeq(ctx, writer, prefix, 201, 201))
-	require.Eventually(t, func() bool { return log.has(faultSeqKey(prefix, 201)) }, faultWait, 10*time.Millisecond)
+	require.Eventually(t, func() bool { return log.has(faultSeqKey(prefix, 201)) }, waitTimeout, 10*time.Millisecond)
 	requireFaultSeq(t, log.all(), prefix, 201)
 	faultNoError(t, w.Error())
 	// clientv3 re-dials and resumes after dropped connections by itself, so
@@ -314,9 +309,9 @@ func faultPartitionRound(ctx context.Context, t *testing.T, clus *integration.Cl
 	member.InjectPartition(t, others...)
 	require.NoError(t, faultCreateSeq(ctx, writer, prefix, 11, 20))
 	written := time.Now()
-	// The partition holds until they arrive (or faultWait): how soon
+	// The partition holds until they arrive (or waitTimeout): how soon
 	// member i notices it lost its leader depends on the machine's speed.
-	require.Eventually(t, func() bool { return log.len() >= 20 }, faultWait, 10*time.Millisecond,
+	require.Eventually(t, func() bool { return log.len() >= 20 }, waitTimeout, 10*time.Millisecond,
 		"writes made during the partition must reach the handler before it heals")
 	t.Logf("round %d: writes delivered %v after the last one", i, time.Since(written).Round(time.Millisecond))
 	after := storage.WatchRecovery(w)
@@ -379,7 +374,7 @@ func TestFaultWatchAndCacheCatchUpAfterACompactionWhileAway(t *testing.T) {
 	require.Eventually(t, func() bool {
 		h, err := c.Get(key("k00")).Exec(ctx)
 		return err == nil && h.Port == 100
-	}, faultWait, 10*time.Millisecond)
+	}, waitTimeout, 10*time.Millisecond)
 	seen := log.len()
 
 	t.Log("phase 2: stop member 0; its client is kept away until the member has caught up")
@@ -426,13 +421,13 @@ func TestFaultWatchAndCacheCatchUpAfterACompactionWhileAway(t *testing.T) {
 	t.Log("phase 4: restart member 0; once it has applied the compaction, let its client back")
 	require.NoError(t, member.Restart(t))
 	require.Eventually(t, func() bool { return member.Server.KV().FirstRev() >= compactRev },
-		faultWait, 10*time.Millisecond, "member 0 should apply the compaction at %d", compactRev)
+		waitTimeout, 10*time.Millisecond, "member 0 should apply the compaction at %d", compactRev)
 	client.SetEndpoints(member.GRPCURL)
 
 	t.Log("phase 5: the watch re-reads and delivers the differences only")
 	putHost("zz", 600) // after every other key: the re-read delivers it last, or the watch after it
 	want[key("zz")] = "put create=true port=600"
-	require.Eventually(t, func() bool { return log.has(key("zz")) }, faultWait, 10*time.Millisecond)
+	require.Eventually(t, func() bool { return log.has(key("zz")) }, waitTimeout, 10*time.Millisecond)
 	events := log.all()
 	got := map[string]string{}
 	for _, e := range events[seen:] {
@@ -474,7 +469,7 @@ func TestFaultWatchAndCacheCatchUpAfterACompactionWhileAway(t *testing.T) {
 		return err == nil && len(items) == len(fresh) && slices.EqualFunc(items, fresh, func(a, b *host) bool {
 			return *a == *b // name, port and version
 		})
-	}, faultWait, 10*time.Millisecond)
+	}, waitTimeout, 10*time.Millisecond)
 	items, err := c.GetPrefix("").Exec(ctx)
 	require.NoError(t, err)
 	require.Equal(t, fresh, items)
@@ -504,7 +499,7 @@ func TestFaultClosedClientStopsAWatchAndACacheWithOneErrorEach(t *testing.T) {
 	require.Eventually(t, func() bool {
 		_, err := c.Get(prefix + "b").Exec(ctx)
 		return err == nil
-	}, faultWait, 10*time.Millisecond)
+	}, waitTimeout, 10*time.Millisecond)
 
 	t.Log("phase 2: close the client under both")
 	_ = client.Close()

@@ -81,3 +81,17 @@ func hostWithVersion(name string, port int, version int64) *host {
 	h.SetVersion(version)
 	return h
 }
+
+// quietWindow is how long a test watches for something that must not happen
+// (an event or error after the watch stopped). Absence can only be asserted
+// over a window; nothing else waits on a clock.
+const quietWindow = 300 * time.Millisecond
+
+// waitTimeout bounds every wait for something the library must do. It is
+// long because a loaded CI runner under -race is slow; a passing test never
+// waits it out. (Stopping a member that serves a watch stream alone takes
+// 2 s: the framework's gRPC GracefulStop waits that long for open streams.)
+const waitTimeout = 30 * time.Second
+
+// pollInterval is how often a test polls for a condition it waits on.
+const pollInterval = 5 * time.Millisecond

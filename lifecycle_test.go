@@ -135,7 +135,7 @@ func waitClosesBlocked(t *testing.T, n int, returned <-chan bool) {
 			return true
 		}
 		return goroutinesIn(closeFrame) >= n
-	}, watchWait, time.Millisecond, "%d Close calls blocked", n)
+	}, waitTimeout, time.Millisecond, "%d Close calls blocked", n)
 	require.False(t, early, "a Close or Stop returned while its run was still in progress")
 }
 
@@ -261,18 +261,18 @@ func TestLifecycleCloseThenWatchInsideTheHandlerIsRefused(t *testing.T) {
 
 	t.Log("the run ends once the handler returned: Watch works again")
 	rec := newWatchRecorder()
-	require.Eventually(t, func() bool { return op.Watch(ctx, rec.handle) == nil }, watchWait, time.Millisecond)
+	require.Eventually(t, func() bool { return op.Watch(ctx, rec.handle) == nil }, waitTimeout, time.Millisecond)
 	require.ElementsMatch(t, []string{"/lc/a", "/lc/restart"}, eventKeys(rec.take(t, 2)))
 }
 
-// recvValue returns the next value on c, failing the test after watchWait.
+// recvValue returns the next value on c, failing the test after waitTimeout.
 func recvValue[T any](t *testing.T, c <-chan T) T {
 	t.Helper()
 	select {
 	case v := <-c:
 		return v
-	case <-time.After(watchWait):
-		t.Fatalf("nothing within %v", watchWait)
+	case <-time.After(waitTimeout):
+		t.Fatalf("nothing within %v", waitTimeout)
 		var zero T
 		return zero
 	}
@@ -641,7 +641,7 @@ func checkSettledWatch(t *testing.T, h *watchHammer, client *clientv3.Client, se
 	failed, closedIn := h.failed[run], h.closedIn[run]
 	h.mu.Unlock()
 	if closedIn {
-		require.Eventually(t, probe, watchWait, time.Millisecond, "run %d, closed from inside its handler, never ended", run)
+		require.Eventually(t, probe, waitTimeout, time.Millisecond, "run %d, closed from inside its handler, never ended", run)
 		return
 	}
 	if failed {
@@ -649,7 +649,7 @@ func checkSettledWatch(t *testing.T, h *watchHammer, client *clientv3.Client, se
 			h.mu.Lock()
 			defer h.mu.Unlock()
 			return h.reported[run] == 1
-		}, watchWait, time.Millisecond, "run %d failed and is in progress: its error never reached Error()", run)
+		}, waitTimeout, time.Millisecond, "run %d failed and is in progress: its error never reached Error()", run)
 		return
 	}
 	watchPut(t, client, sentinel, "s")
@@ -657,5 +657,5 @@ func checkSettledWatch(t *testing.T, h *watchHammer, client *clientv3.Client, se
 		h.mu.Lock()
 		defer h.mu.Unlock()
 		return h.sentinels[run] == sentinel
-	}, watchWait, time.Millisecond, "run %d is in progress but does not deliver", run)
+	}, waitTimeout, time.Millisecond, "run %d is in progress but does not deliver", run)
 }

@@ -21,16 +21,6 @@ import (
 	"github.com/etcdkit/storage/storagetest"
 )
 
-// watchWait bounds every wait for something the watch must do. It is long
-// because a loaded CI runner under -race is slow; a passing test never waits
-// it out.
-const watchWait = 30 * time.Second
-
-// watchQuiet is how long a test watches for something that must not happen
-// (an event or error after the watch stopped). Absence can only be asserted
-// over a window; nothing else in this file waits on a clock.
-const watchQuiet = 300 * time.Millisecond
-
 // watchRecorder collects, in order, the events its handle receives.
 type watchRecorder struct {
 	c chan storage.Event[*host]
@@ -47,16 +37,16 @@ func (r *watchRecorder) handle(e *storage.Event[*host]) error {
 	return nil
 }
 
-// next returns the next event, failing the test if none comes in watchWait.
+// next returns the next event, failing the test if none comes in waitTimeout.
 func (r *watchRecorder) next(t *testing.T) storage.Event[*host] {
 	t.Helper()
-	timer := time.NewTimer(watchWait)
+	timer := time.NewTimer(waitTimeout)
 	defer timer.Stop()
 	select {
 	case e := <-r.c:
 		return e
 	case <-timer.C:
-		t.Fatalf("no watch event within %v", watchWait)
+		t.Fatalf("no watch event within %v", waitTimeout)
 		return storage.Event[*host]{}
 	}
 }
@@ -84,39 +74,39 @@ func (r *watchRecorder) until(t *testing.T, key string) []storage.Event[*host] {
 	}
 }
 
-// requireQuiet asserts that no event arrives within watchQuiet.
+// requireQuiet asserts that no event arrives within quietWindow.
 func (r *watchRecorder) requireQuiet(t *testing.T) {
 	t.Helper()
 	select {
 	case e := <-r.c:
 		t.Fatalf("unexpected watch event: %+v", e)
-	case <-time.After(watchQuiet):
+	case <-time.After(quietWindow):
 	}
 }
 
 // recvWatchError returns the next value on errc (an error from Error(), or
 // what a Watch run in a goroutine returned), failing the test if none comes
-// in watchWait.
+// in waitTimeout.
 func recvWatchError(t *testing.T, errc <-chan error) error {
 	t.Helper()
-	timer := time.NewTimer(watchWait)
+	timer := time.NewTimer(waitTimeout)
 	defer timer.Stop()
 	select {
 	case err := <-errc:
 		return err
 	case <-timer.C:
-		t.Fatalf("no error on the watch's error channel within %v", watchWait)
+		t.Fatalf("no error on the watch's error channel within %v", waitTimeout)
 		return nil
 	}
 }
 
-// waitWatchSignal waits for c to be closed, failing the test after watchWait.
+// waitWatchSignal waits for c to be closed, failing the test after waitTimeout.
 func waitWatchSignal(t *testing.T, c <-chan struct{}, what string) {
 	t.Helper()
 	select {
 	case <-c:
-	case <-time.After(watchWait):
-		t.Fatalf("%s: not within %v", what, watchWait)
+	case <-time.After(waitTimeout):
+		t.Fatalf("%s: not within %v", what, waitTimeout)
 	}
 }
 
@@ -617,7 +607,7 @@ func TestWatchCloseDropsAnUnreadError(t *testing.T) {
 	require.NoError(t, op.Watch(testContext(t), func(*storage.Event[*host]) error { return errors.New("boom") }))
 
 	watchPut(t, c, "/w/a", "a")
-	require.Eventually(t, func() bool { return len(op.Error()) == 1 }, watchWait, 5*time.Millisecond)
+	require.Eventually(t, func() bool { return len(op.Error()) == 1 }, waitTimeout, 5*time.Millisecond)
 	op.Close()
 	require.Empty(t, op.Error())
 }
@@ -960,7 +950,7 @@ func TestWatchProgressNotificationsMoveAnIdleWatch(t *testing.T) {
 
 	// Writes elsewhere move the store's revision past the watch's.
 	watchPut(t, c, "/other/a", "a")
-	require.Eventually(t, func() bool { return storage.WatchRecovery(op).Progress >= 1 }, watchWait, 10*time.Millisecond)
+	require.Eventually(t, func() bool { return storage.WatchRecovery(op).Progress >= 1 }, waitTimeout, 10*time.Millisecond)
 	require.Empty(t, rec.c, "events for keys outside the prefix")
 }
 
@@ -1104,7 +1094,7 @@ func watchFallingBehind(t *testing.T, c *clientv3.Client, p string, compact bool
 	put(t, c, p+"a", watchRecordJSON("a1"))
 	put(t, c, p+"k2", watchRecordJSON("two'"))
 	put(t, c, p+"b", watchRecordJSON("b1"))
-	require.Eventually(t, func() bool { return storage.WatchRecovery(op).Backlogs >= 1 }, watchWait, 5*time.Millisecond)
+	require.Eventually(t, func() bool { return storage.WatchRecovery(op).Backlogs >= 1 }, waitTimeout, 5*time.Millisecond)
 
 	t.Log("phase 2: change the prefix while the stream is cancelled")
 	watchDelete(t, c, p+"k2")
@@ -1123,14 +1113,14 @@ func watchFallingBehind(t *testing.T, c *clientv3.Client, p string, compact bool
 	replay := map[string]replayState{}
 	modRevs := map[string]int64{} // last delivered mod revision per key
 	var lastRev int64
-	timer := time.NewTimer(watchWait)
+	timer := time.NewTimer(waitTimeout)
 	defer timer.Stop()
 	for i := 0; ; i++ {
 		var e storage.Event[*record]
 		select {
 		case e = <-events:
 		case <-timer.C:
-			t.Fatalf("no sentinel within %v; replay %v", watchWait, replay)
+			t.Fatalf("no sentinel within %v; replay %v", waitTimeout, replay)
 		}
 		require.GreaterOrEqual(t, e.Revision, lastRev, "event %d out of revision order: %+v", i, e)
 		lastRev = e.Revision
