@@ -859,7 +859,7 @@ func TestCacheLifecycle(t *testing.T) {
 		c := startCache(startCtx, t, client, "/life", keyOfHost)
 		cancel()
 
-		err := receiveError(t, c.Error())
+		err := nextError(t, c.Error())
 		t.Logf("Error(): %v", err)
 		require.ErrorIs(t, err, context.Canceled)
 		_, readErr := c.Get("/life/a").Exec(ctx)
@@ -889,7 +889,7 @@ func TestCacheStopsOnAClosedClient(t *testing.T) {
 	require.NoError(t, err)
 
 	require.NoError(t, cacheClient.Close())
-	err = receiveError(t, c.Error())
+	err = nextError(t, c.Error())
 	t.Logf("Error(): %v", err)
 	_, readErr := c.Get("/life/a").Exec(ctx)
 	require.ErrorIs(t, readErr, err, "reads do not fail with the watch's error")
@@ -900,25 +900,6 @@ func TestCacheStopsOnAClosedClient(t *testing.T) {
 	require.LessOrEqual(t, storage.CacheRecovery(c).Resumes, int64(2), "the watch retried a closed client")
 	// Stop runs in cleanup; verifyNoLeaks then checks that the cache's
 	// goroutines are gone.
-}
-
-// receiveError returns the next error on errc, failing the test after waitTimeout.
-func receiveError(t *testing.T, errc <-chan error) error {
-	t.Helper()
-	select {
-	case err := <-errc:
-		require.Error(t, err)
-		return err
-	case <-time.After(waitTimeout):
-		t.Fatal("no error on Error()")
-		return nil
-	}
-}
-
-// requireNoMoreErrors checks that no second error follows on errc.
-func requireNoMoreErrors(t *testing.T, errc <-chan error) {
-	t.Helper()
-	require.Never(t, func() bool { return len(errc) > 0 }, 200*time.Millisecond, 10*time.Millisecond, "a second error on Error()")
 }
 
 // cutProxy forwards TCP connections to a target until cut: then it drops

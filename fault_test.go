@@ -158,19 +158,6 @@ func faultNoError(t *testing.T, errc <-chan error) {
 	}
 }
 
-// faultRecvError waits for the error a stopped run sends on errc.
-func faultRecvError(t *testing.T, errc <-chan error, what string) error {
-	t.Helper()
-	select {
-	case err := <-errc:
-		require.Error(t, err, "%s: a nil error on Error()", what)
-		return err
-	case <-time.After(waitTimeout):
-		require.FailNow(t, what+": no error on Error()")
-		return nil
-	}
-}
-
 // faultMemberClient returns a client of the given endpoints, closed when the
 // test ends (its logger writes through t).
 func faultMemberClient(t *testing.T, endpoints ...string) *clientv3.Client {
@@ -503,8 +490,8 @@ func TestFaultClosedClientStopsAWatchAndACacheWithOneErrorEach(t *testing.T) {
 
 	t.Log("phase 2: close the client under both")
 	_ = client.Close()
-	werr := faultRecvError(t, w.Error(), "watch")
-	cerr := faultRecvError(t, c.Error(), "cache")
+	werr := nextError(t, w.Error(), "watch")
+	cerr := nextError(t, c.Error(), "cache")
 	require.ErrorIs(t, werr, context.Canceled)
 	require.ErrorIs(t, cerr, context.Canceled)
 	_, err := c.Get(prefix + "a").Exec(ctx)
@@ -552,7 +539,7 @@ func TestFaultCancelledStartContextFailsCacheReadsWithCanceled(t *testing.T) {
 
 	t.Log("phase 2: cancel Start's context")
 	cancel()
-	require.ErrorIs(t, faultRecvError(t, c.Error(), "cache"), context.Canceled)
+	require.ErrorIs(t, nextError(t, c.Error(), "cache"), context.Canceled)
 	_, err = c.Get(prefix + "a").Exec(ctx)
 	require.ErrorIs(t, err, context.Canceled)
 	_, err = c.GetPrefix("").Exec(ctx)

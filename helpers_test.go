@@ -95,3 +95,44 @@ const waitTimeout = 30 * time.Second
 
 // pollInterval is how often a test polls for a condition it waits on.
 const pollInterval = 5 * time.Millisecond
+
+// requireNoMoreErrors checks that no second error follows on errc.
+func requireNoMoreErrors(t *testing.T, errc <-chan error) {
+	t.Helper()
+	require.Never(t, func() bool { return len(errc) > 0 }, 200*time.Millisecond, 10*time.Millisecond, "a second error on Error()")
+}
+
+// nextError returns the next error on errc, failing the test if none comes
+// within waitTimeout or if it is nil.
+func nextError(t *testing.T, errc <-chan error, msgAndArgs ...any) error {
+	t.Helper()
+	err := recvError(t, errc)
+	require.Error(t, err, msgAndArgs...)
+	return err
+}
+
+// recvError returns the next value on errc (an error from Error(), or
+// what a Watch run in a goroutine returned), failing the test if none comes
+// in waitTimeout.
+func recvError(t *testing.T, errc <-chan error) error {
+	t.Helper()
+	timer := time.NewTimer(waitTimeout)
+	defer timer.Stop()
+	select {
+	case err := <-errc:
+		return err
+	case <-timer.C:
+		t.Fatalf("no error on the watch's error channel within %v", waitTimeout)
+		return nil
+	}
+}
+
+// waitSignal waits for c to be closed, failing the test after waitTimeout.
+func waitSignal(t *testing.T, c <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-c:
+	case <-time.After(waitTimeout):
+		t.Fatalf("%s: not within %v", what, waitTimeout)
+	}
+}

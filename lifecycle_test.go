@@ -155,7 +155,7 @@ func TestLifecycleConcurrentClosesAllWaitForTheRunToExit(t *testing.T) {
 	})
 	require.NoError(t, op.Watch(ctx, b.handle))
 	watchPut(t, c, "/lc/block", "b")
-	waitWatchSignal(t, b.blocked, "handler blocked")
+	waitSignal(t, b.blocked, "handler blocked")
 
 	t.Log("phase 1: two Close calls while the handler blocks; neither may return")
 	returned := make(chan bool, 2)
@@ -200,7 +200,7 @@ func TestLifecycleWatchDuringCloseIsRefusedAndLaterErrorsAreKept(t *testing.T) {
 	})
 	require.NoError(t, op.Watch(ctx, count(b.handle)))
 	watchPut(t, c, "/lc/block", "b")
-	waitWatchSignal(t, b.blocked, "handler blocked")
+	waitSignal(t, b.blocked, "handler blocked")
 
 	t.Log("phase 1: Watch while a Close waits for the handler is refused")
 	returned := make(chan bool, 1)
@@ -223,7 +223,7 @@ func TestLifecycleWatchDuringCloseIsRefusedAndLaterErrorsAreKept(t *testing.T) {
 		return nil
 	})))
 	watchPut(t, c, "/lc/fail", "f")
-	require.ErrorIs(t, recvWatchError(t, op.Error()), errBoom)
+	require.ErrorIs(t, recvError(t, op.Error()), errBoom)
 	require.ErrorIs(t, op.Watch(ctx, ignoreEvent), storage.ErrWatchAlreadyInProgress, "the stopped run is in progress until Close")
 	require.Zero(t, overlaps.Load(), "two handlers ran at once")
 }
@@ -255,7 +255,7 @@ func TestLifecycleCloseThenWatchInsideTheHandlerIsRefused(t *testing.T) {
 	}
 	require.NoError(t, op.Watch(ctx, handle))
 	watchPut(t, c, "/lc/restart", "r")
-	require.ErrorIs(t, recvWatchError(t, inner), storage.ErrWatchAlreadyInProgress,
+	require.ErrorIs(t, recvError(t, inner), storage.ErrWatchAlreadyInProgress,
 		"the run closed from inside its handler is in progress until the handler returned")
 	require.Zero(t, overlaps.Load(), "two handlers ran at once")
 
@@ -325,7 +325,7 @@ func TestLifecycleConcurrentStopsAllWaitForAStartInProgress(t *testing.T) {
 	gate.held.Store(true)
 	started := make(chan error, 1)
 	go func() { started <- c.Start(ctx) }()
-	waitWatchSignal(t, gate.blocked, "Start's read sent")
+	waitSignal(t, gate.blocked, "Start's read sent")
 
 	t.Log("phase 2: two Stop calls (a shutdown path and a deferred Stop) and a Start")
 	returned := make(chan bool, 2)
@@ -612,7 +612,7 @@ func TestLifecycleWatchUnderConcurrentWatchCloseAndHandlerCloses(t *testing.T) {
 	<-drained
 	watchPut(t, client, p+"final", "f")
 	require.Equal(t, p+"final", recvValue(t, got))
-	require.ErrorIs(t, recvWatchError(t, h.op.Error()), errBoom)
+	require.ErrorIs(t, recvError(t, h.op.Error()), errBoom)
 	h.op.Close()
 	bad.require(t)
 }

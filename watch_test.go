@@ -84,32 +84,6 @@ func (r *watchRecorder) requireQuiet(t *testing.T) {
 	}
 }
 
-// recvWatchError returns the next value on errc (an error from Error(), or
-// what a Watch run in a goroutine returned), failing the test if none comes
-// in waitTimeout.
-func recvWatchError(t *testing.T, errc <-chan error) error {
-	t.Helper()
-	timer := time.NewTimer(waitTimeout)
-	defer timer.Stop()
-	select {
-	case err := <-errc:
-		return err
-	case <-timer.C:
-		t.Fatalf("no error on the watch's error channel within %v", waitTimeout)
-		return nil
-	}
-}
-
-// waitWatchSignal waits for c to be closed, failing the test after waitTimeout.
-func waitWatchSignal(t *testing.T, c <-chan struct{}, what string) {
-	t.Helper()
-	select {
-	case <-c:
-	case <-time.After(waitTimeout):
-		t.Fatalf("%s: not within %v", what, waitTimeout)
-	}
-}
-
 // watchHostJSON is the stored form of a host named name, as NewPutOp writes it.
 func watchHostJSON(name string) string {
 	data, err := json.Marshal(&host{Name: name})
@@ -516,7 +490,7 @@ func TestWatchCloseFromInsideTheHandlerStopsDeliveryWithoutDeadlock(t *testing.T
 
 		// One txn: the events after /run/stop come in the same response.
 		watchTxn(t, c, clientv3.OpPut("/run/stop", watchHostJSON("stop")), clientv3.OpPut("/run/same-txn", watchHostJSON("x")))
-		waitWatchSignal(t, closed, "Close from inside the handler returned")
+		waitSignal(t, closed, "Close from inside the handler returned")
 		require.Equal(t, "/run/stop", rec.next(t).Key)
 
 		watchPut(t, c, "/run/later", "later")
@@ -543,7 +517,7 @@ func TestWatchHandlerErrorStopsTheRunAndIsReportedOnce(t *testing.T) {
 
 	watchTxn(t, c, clientv3.OpPut("/w/fail", watchHostJSON("f")), clientv3.OpPut("/w/same-txn", watchHostJSON("x")))
 	require.Equal(t, "/w/fail", rec.next(t).Key)
-	err := recvWatchError(t, op.Error())
+	err := recvError(t, op.Error())
 	require.ErrorIs(t, err, errBoom)
 	require.ErrorContains(t, err, "watch prefix /w/")
 
@@ -589,7 +563,7 @@ func TestWatchContextCancelStopsTheRunWithCanceled(t *testing.T) {
 	require.NoError(t, op.Watch(ctx, rec.handle))
 
 	cancel()
-	err := recvWatchError(t, op.Error())
+	err := recvError(t, op.Error())
 	require.ErrorIs(t, err, context.Canceled)
 	require.ErrorContains(t, err, "watch prefix /w/")
 
@@ -633,7 +607,7 @@ func TestWatchPropagateErrorsForwardsUntilItsContextEnds(t *testing.T) {
 	op.PropagateErrors(pctx, forwarded)
 
 	watchPut(t, c, "/w/fail", "f")
-	require.ErrorIs(t, recvWatchError(t, forwarded), errBoom)
+	require.ErrorIs(t, recvError(t, forwarded), errBoom)
 
 	pcancel()
 	// Its goroutine is the only one started since; it must end with pctx.
@@ -643,7 +617,7 @@ func TestWatchPropagateErrorsForwardsUntilItsContextEnds(t *testing.T) {
 	watchDelete(t, c, "/w/fail")
 	require.NoError(t, op.Watch(ctx, failing))
 	watchPut(t, c, "/w/fail", "f")
-	require.ErrorIs(t, recvWatchError(t, op.Error()), errBoom, "the error of a later run stays on Error()")
+	require.ErrorIs(t, recvError(t, op.Error()), errBoom, "the error of a later run stays on Error()")
 	require.Empty(t, forwarded)
 }
 
@@ -767,7 +741,7 @@ func TestWatchFiltersHoldForTheEventsOfAReRead(t *testing.T) {
 					return nil
 				})
 			}()
-			waitWatchSignal(t, blocked, "initial read reached its last item")
+			waitSignal(t, blocked, "initial read reached its last item")
 
 			t.Log("phase 1: while the initial read is delivered, delete k1, change k2, create k3; compact past the read")
 			watchDelete(t, c, p+"k1")
@@ -778,7 +752,7 @@ func TestWatchFiltersHoldForTheEventsOfAReRead(t *testing.T) {
 
 			t.Log("phase 2: release the handler; the watch must re-read, filtering what it synthesises")
 			unblock()
-			require.NoError(t, recvWatchError(t, watchErr), "Watch")
+			require.NoError(t, recvError(t, watchErr), "Watch")
 			require.Equal(t, []string{p + "k0", p + "k1", p + "k2"}, eventKeys(rec.take(t, 3)), "the initial read is not filtered")
 			tc.sentinel(t)
 			got := rec.take(t, len(tc.want))
@@ -811,7 +785,7 @@ func TestWatchOnAClosedClientReportsOneErrorAndStops(t *testing.T) {
 	require.Equal(t, "/w/a", rec.next(t).Key, "the watch runs")
 
 	_ = wc.Close() // reports context.Canceled: its own context ends
-	err = recvWatchError(t, op.Error())
+	err = recvError(t, op.Error())
 	require.ErrorIs(t, err, context.Canceled)
 	require.ErrorContains(t, err, "client closed")
 	require.ErrorContains(t, err, "watch prefix /w/")
@@ -861,7 +835,7 @@ func TestWatchRelistsWhenItsStartRevisionWasCompacted(t *testing.T) {
 	watchErr := make(chan error, 1)
 	go func() { watchErr <- op.Watch(ctx, handle) }()
 
-	waitWatchSignal(t, blocked, "initial read reached its last item")
+	waitSignal(t, blocked, "initial read reached its last item")
 	t.Log("phase 1: change the prefix while the initial read is delivered, compact past the read revision")
 	watchPut(t, c, p+"k1", "one'")
 	watchDelete(t, c, p+"k2")
@@ -873,7 +847,7 @@ func TestWatchRelistsWhenItsStartRevisionWasCompacted(t *testing.T) {
 
 	t.Log("phase 2: release the handler; the watch from the read revision + 1 must relist")
 	unblock()
-	require.NoError(t, recvWatchError(t, watchErr), "Watch")
+	require.NoError(t, recvError(t, watchErr), "Watch")
 	initial := rec.take(t, 4)
 	requireWatchEvents(t, []storage.Event[*host]{
 		wantPut(p+"k0", "zero", 1, readRev), wantPut(p+"k1", "one", 1, readRev),
@@ -1088,7 +1062,7 @@ func watchFallingBehind(t *testing.T, c *clientv3.Client, p string, compact bool
 	require.Len(t, events, 3, "initial read")
 
 	put(t, c, p+"block", watchRecordJSON("block"))
-	waitWatchSignal(t, blocked, "the handler got the first live event")
+	waitSignal(t, blocked, "the handler got the first live event")
 	t.Log("phase 1: the handler is stuck; queue more events than the backlog bound")
 	watchDelete(t, c, p+"k1")
 	put(t, c, p+"a", watchRecordJSON("a1"))
@@ -1185,7 +1159,7 @@ func TestWatchStopsOnAValueLargerThanTheReceiveLimit(t *testing.T) {
 	}
 	watchErr := make(chan error, 1)
 	go func() { watchErr <- op.Watch(ctx, handle) }()
-	waitWatchSignal(t, blocked, "initial read delivered")
+	waitSignal(t, blocked, "initial read delivered")
 	huge := make([]byte, 3*recvLimit)
 	for i := range huge {
 		huge[i] = 'a' + byte(rand.IntN(26)) // plain JSON: the raw put stores it as is
@@ -1195,10 +1169,10 @@ func TestWatchStopsOnAValueLargerThanTheReceiveLimit(t *testing.T) {
 	_, err = c.Compact(ctx, last, clientv3.WithCompactPhysical())
 	require.NoError(t, err)
 	unblock()
-	require.NoError(t, recvWatchError(t, watchErr), "Watch")
+	require.NoError(t, recvError(t, watchErr), "Watch")
 
 	t.Log("phase 1: the re-read cannot receive the huge value: the run stops with one error, no endless retry")
-	err = recvWatchError(t, op.Error())
+	err = recvError(t, op.Error())
 	require.ErrorContains(t, err, "receive limit")
 	require.ErrorContains(t, err, p)
 	relists := storage.WatchRecovery(op).Relists
