@@ -88,42 +88,6 @@ func edgeClient(t testing.TB, s *storagetest.Server) *clientv3.Client {
 	return c
 }
 
-// edgeRecorder keeps the events a handler received, for the test goroutine
-// to read.
-type edgeRecorder[V storage.Value] struct {
-	mu     sync.Mutex // protects events
-	events []*storage.Event[V]
-}
-
-func (r *edgeRecorder[V]) handle(e *storage.Event[V]) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.events = append(r.events, e)
-	return nil
-}
-
-func (r *edgeRecorder[V]) snapshot() []*storage.Event[V] {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return slices.Clone(r.events)
-}
-
-func (r *edgeRecorder[V]) len() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.events)
-}
-
-// lastRev is the revision of the last event received, 0 before any.
-func (r *edgeRecorder[V]) lastRev() int64 {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if len(r.events) == 0 {
-		return 0
-	}
-	return r.events[len(r.events)-1].Revision
-}
-
 // edgeWrite is one write a test made, with the revision etcd gave it.
 type edgeWrite struct {
 	key  string
@@ -405,7 +369,7 @@ func TestEdgePausedMemberWatchGoesOnWithoutGapOrDuplicate(t *testing.T) {
 	cli, err := integration.NewClient(t, clientv3.Config{Endpoints: []string{pm.GRPCURL}, DialTimeout: 5 * time.Second})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = cli.Close() })
-	var rec edgeRecorder[*host]
+	var rec recorder[*host]
 	op := storage.NewWatchPrefixOp[*host](cli, prefix)
 	require.NoError(t, op.Watch(ctx, rec.handle))
 	t.Cleanup(op.Close)
@@ -514,7 +478,7 @@ func TestEdgeSlowHandlerResumesFromLastDeliveredAfterDrop(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			prefix := fmt.Sprintf("/edge/slow/%d/", i)
 			const slow = 260 * time.Millisecond
-			var rec edgeRecorder[*host]
+			var rec recorder[*host]
 			var entered atomic.Int64
 			op := storage.NewWatchPrefixOp[*host](client, prefix)
 			if tc.maxPending > 0 {
@@ -611,13 +575,13 @@ func edgeWriteSingles(ctx context.Context, t *testing.T, client *clientv3.Client
 // edgeBlockedWatch starts a prefix watch whose handler, once the first read
 // is delivered, waits for release before each event; the returned func
 // releases it (idempotent), and Close runs when t ends, after a release.
-func edgeBlockedWatch(ctx context.Context, t *testing.T, client *clientv3.Client, prefix string) (storage.WatchOp[*host], *edgeRecorder[*host], func()) {
+func edgeBlockedWatch(ctx context.Context, t *testing.T, client *clientv3.Client, prefix string) (storage.WatchOp[*host], *recorder[*host], func()) {
 	t.Helper()
 	gate := make(chan struct{})
 	var once sync.Once
 	release := func() { once.Do(func() { close(gate) }) }
 	var armed atomic.Bool
-	rec := new(edgeRecorder[*host])
+	rec := new(recorder[*host])
 	op := storage.NewWatchPrefixOp[*host](client, prefix)
 	require.NoError(t, op.Watch(ctx, func(e *storage.Event[*host]) error {
 		if armed.Load() {
@@ -778,7 +742,7 @@ func edgeLargeCatchUp(t *testing.T, rawSize int) {
 	gate := make(chan struct{})
 	var once sync.Once
 	release := func() { once.Do(func() { close(gate) }) }
-	var rec edgeRecorder[*edgeBlob]
+	var rec recorder[*edgeBlob]
 	op := storage.NewWatchPrefixOp[*edgeBlob](c, prefix)
 	// A backlog of one: the library itself cancels the stream while the
 	// handler is blocked, so the catch-up below is its own resume.
@@ -918,7 +882,7 @@ func TestEdgeUndecodableValueMidStreamIsAnErrorEventAndTheWatchGoesOn(t *testing
 			good1 := storage.NewPutOp(client, key, &host{Name: "k", Port: 1})
 			require.NoError(t, good1.Exec(ctx))
 
-			var rec edgeRecorder[*host]
+			var rec recorder[*host]
 			op := storage.NewWatchPrefixOp[*host](client, prefix)
 			require.NoError(t, op.Watch(ctx, rec.handle))
 			defer op.Close()
@@ -947,7 +911,7 @@ func TestEdgeUndecodableValueMidStreamIsAnErrorEventAndTheWatchGoesOn(t *testing
 			require.ErrorContains(t, etcdErr, named, "an etcd prefix read says otherwise")
 
 			// A watch and a cache started now meet the bytes in their first read.
-			var late edgeRecorder[*host]
+			var late recorder[*host]
 			lateOp := storage.NewWatchPrefixOp[*host](client, prefix)
 			require.NoError(t, lateOp.Watch(ctx, late.handle), "the initial read stopped at the bad bytes")
 			defer lateOp.Close()
@@ -980,7 +944,7 @@ func TestEdgeUndecodableValueMidStreamIsAnErrorEventAndTheWatchGoesOn(t *testing
 			t.Log("phase 4: the watches saw each step once and go on")
 			edgeEventually(t, 30*time.Second, func() bool { return rec.lastRev() >= del.Revision() }, "the watch missed the delete")
 			edgeEventually(t, 30*time.Second, func() bool { return late.lastRev() >= del.Revision() }, "the late watch missed the delete")
-			for _, r := range []*edgeRecorder[*host]{&rec, &late} {
+			for _, r := range []*recorder[*host]{&rec, &late} {
 				events := r.snapshot()
 				first := 1
 				if r == &late {
@@ -1098,7 +1062,7 @@ func edgeIdlePrefix(t *testing.T, progress bool) {
 	}
 
 	t.Logf("phase 1: watch %s through member %d (progress notifications every %v)", prefix, watched, interval)
-	var rec edgeRecorder[*host]
+	var rec recorder[*host]
 	op := storage.NewWatchPrefixOp[*host](clus.Client(watched), prefix)
 	require.NoError(t, op.Watch(ctx, rec.handle))
 	t.Cleanup(op.Close)
@@ -1248,9 +1212,9 @@ func TestEdgeListWatchHandoffDeliversEachWriteOnce(t *testing.T) {
 		}()
 	}
 	ops := make([]storage.WatchOp[*host], watches)
-	recs := make([]*edgeRecorder[*host], watches)
+	recs := make([]*recorder[*host], watches)
 	for i := range watches {
-		recs[i] = new(edgeRecorder[*host])
+		recs[i] = new(recorder[*host])
 		ops[i] = storage.NewWatchPrefixOp[*host](client, prefix)
 		t.Cleanup(ops[i].Close)
 		require.NoError(t, ops[i].Watch(ctx, recs[i].handle))

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -25,46 +24,6 @@ import (
 // by itself (partition: Resumes; compaction: Relists); where clientv3 may
 // resume on its own (dropped connection, restart) the counters may stay 0 and
 // the tests assert exactly-once, in-order delivery only.
-
-// faultLog records what a handler receives.
-type faultLog struct {
-	mu     sync.Mutex
-	events []storage.Event[*host]
-}
-
-func (l *faultLog) handle(e *storage.Event[*host]) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.events = append(l.events, *e)
-	return nil
-}
-
-func (l *faultLog) len() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.events)
-}
-
-// all returns a copy of the events received so far.
-func (l *faultLog) all() []storage.Event[*host] {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return slices.Clone(l.events)
-}
-
-// has reports whether an event for key was received.
-func (l *faultLog) has(key string) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return slices.ContainsFunc(l.events, func(e storage.Event[*host]) bool { return e.Key == key })
-}
-
-// waitFor waits until the log holds at least n events.
-func (l *faultLog) waitFor(t *testing.T, n int) {
-	t.Helper()
-	require.Eventually(t, func() bool { return l.len() >= n }, waitTimeout, 10*time.Millisecond,
-		"the handler should receive %d events", n)
-}
 
 // faultSeqKey is the key of write number i of a sequence under prefix.
 func faultSeqKey(prefix string, i int) string { return fmt.Sprintf("%s%03d", prefix, i) }
@@ -175,7 +134,7 @@ func TestFaultWatchDeliversEveryWriteOnceAcrossAMemberRestart(t *testing.T) {
 	member := clus.Members[0]
 	writer := clus.Client(1) // pinned to member 1, which stays up
 
-	var log faultLog
+	var log recorder[*host]
 	w := storage.NewWatchPrefixOp[*host](clus.Client(0), prefix) // pinned to member 0
 	require.NoError(t, w.Watch(ctx, log.handle))
 	t.Cleanup(w.Close)
@@ -215,7 +174,7 @@ func TestFaultWatchDeliversEveryWriteOnceAcrossDroppedAndBlackholedConnections(t
 	member := clus.Members[0]
 	writer := clus.Client(1)
 
-	var log faultLog
+	var log recorder[*host]
 	w := storage.NewWatchPrefixOp[*host](clus.Client(0), prefix) // through member 0's bridge
 	require.NoError(t, w.Watch(ctx, log.handle))
 	t.Cleanup(w.Close)
@@ -279,7 +238,7 @@ func faultPartitionRound(ctx context.Context, t *testing.T, clus *integration.Cl
 
 	t.Logf("round %d, phase 1: watch through member %d, then give the client every endpoint", i, i)
 	client := faultMemberClient(t, member.GRPCURL)
-	var log faultLog
+	var log recorder[*host]
 	w := storage.NewWatchPrefixOp[*host](client, prefix)
 	require.NoError(t, w.Watch(ctx, log.handle))
 	defer w.Close()
@@ -349,7 +308,7 @@ func TestFaultWatchAndCacheCatchUpAfterACompactionWhileAway(t *testing.T) {
 		putHost(fmt.Sprintf("k%02d", i), i)
 	}
 	client := faultMemberClient(t, member.GRPCURL)
-	var log faultLog
+	var log recorder[*host]
 	w := storage.NewWatchPrefixOp[*host](client, prefix)
 	require.NoError(t, w.Watch(ctx, log.handle))
 	t.Cleanup(w.Close)
@@ -474,7 +433,7 @@ func TestFaultClosedClientStopsAWatchAndACacheWithOneErrorEach(t *testing.T) {
 	client := faultMemberClient(t, clus.Endpoints()...)
 
 	t.Log("phase 1: a watch and a cache run on the client")
-	var log faultLog
+	var log recorder[*host]
 	w := storage.NewWatchPrefixOp[*host](client, prefix)
 	require.NoError(t, w.Watch(ctx, log.handle))
 	t.Cleanup(w.Close)

@@ -2,6 +2,8 @@ package storage_test
 
 import (
 	"context"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -135,4 +137,65 @@ func waitSignal(t *testing.T, c <-chan struct{}, what string) {
 	case <-time.After(waitTimeout):
 		t.Fatalf("%s: not within %v", what, waitTimeout)
 	}
+}
+
+// recorder keeps a copy of each event a handler received, for the test
+// goroutine to read.
+type recorder[V storage.Value] struct {
+	mu     sync.Mutex // protects events
+	events []storage.Event[V]
+}
+
+func (r *recorder[V]) handle(e *storage.Event[V]) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.events = append(r.events, *e)
+	return nil
+}
+
+func (r *recorder[V]) len() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.events)
+}
+
+// all returns a copy of the events received so far.
+func (r *recorder[V]) all() []storage.Event[V] {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.events)
+}
+
+// snapshot returns the events received so far, as pointers to copies.
+func (r *recorder[V]) snapshot() []*storage.Event[V] {
+	all := r.all()
+	events := make([]*storage.Event[V], len(all))
+	for i := range all {
+		events[i] = &all[i]
+	}
+	return events
+}
+
+// has reports whether an event for key was received.
+func (r *recorder[V]) has(key string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.ContainsFunc(r.events, func(e storage.Event[V]) bool { return e.Key == key })
+}
+
+// lastRev is the revision of the last event received, 0 before any.
+func (r *recorder[V]) lastRev() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.events) == 0 {
+		return 0
+	}
+	return r.events[len(r.events)-1].Revision
+}
+
+// waitFor waits until the recorder holds at least n events.
+func (r *recorder[V]) waitFor(t *testing.T, n int) {
+	t.Helper()
+	require.Eventually(t, func() bool { return r.len() >= n }, waitTimeout, 10*time.Millisecond,
+		"the handler should receive %d events", n)
 }
