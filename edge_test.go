@@ -197,28 +197,6 @@ func edgeRequireNoWatchError(t *testing.T, what string, errc <-chan error) {
 	}
 }
 
-// edgeEventually polls cond every 10 ms until it holds, failing the test
-// after timeout. Pass state as an edgeLazy to show it as it was then.
-func edgeEventually(t *testing.T, timeout time.Duration, cond func() bool, msg string, args ...any) {
-	t.Helper()
-	if !edgeWaitFor(timeout, cond) {
-		t.Fatalf("after %v: %s", timeout, fmt.Sprintf(msg, args...))
-	}
-}
-
-// edgeWaitFor polls cond every 10 ms until it holds or timeout passes, and
-// reports whether it held.
-func edgeWaitFor(timeout time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(10 * time.Millisecond) // polling interval
-	}
-	return true
-}
-
 // edgeLazy formats as the value its func returns when formatted.
 type edgeLazy func() any
 
@@ -386,7 +364,7 @@ func TestEdgePausedMemberWatchGoesOnWithoutGapOrDuplicate(t *testing.T) {
 	var log edgeWriteLog
 	stop, writerDone := make(chan struct{}), make(chan error, 1)
 	go func() { writerDone <- edgeWriteSequence(ctx, clus.Client(writer), prefix, &log, stop) }()
-	edgeEventually(t, 30*time.Second, func() bool { return rec.len() >= 20 }, "no write reached the watch before the pause")
+	require.Eventually(t, func() bool { return rec.len() >= 20 }, waitTimeout, 10*time.Millisecond, "no write reached the watch before the pause")
 
 	pause := 15 * pm.ElectionTimeout()
 	t.Logf("phase 2: pause member %d for %v (15 election timeouts) while member %d takes writes and TTL puts", paused, pause, writer)
@@ -407,7 +385,7 @@ func TestEdgePausedMemberWatchGoesOnWithoutGapOrDuplicate(t *testing.T) {
 	// The member ends the watch with ErrNoLeader once it has missed its
 	// leader for a few election timeouts of its own clock; a slow machine
 	// takes longer, so the pause lasts until the library has resumed.
-	edgeEventually(t, 30*time.Second, func() bool { return storage.WatchRecovery(op).Resumes >= 1 },
+	require.Eventually(t, func() bool { return storage.WatchRecovery(op).Resumes >= 1 }, waitTimeout, 10*time.Millisecond,
 		"the library never resumed while member %d was paused: its ErrNoLeader did not reach it (recovery %v)",
 		paused, edgeLazy(func() any { return storage.WatchRecovery(op) }))
 	movedOn := rec.lastRev() > revAtPause
@@ -416,12 +394,12 @@ func TestEdgePausedMemberWatchGoesOnWithoutGapOrDuplicate(t *testing.T) {
 		paused, time.Since(pausedAt).Round(time.Millisecond), movedOn)
 	pm.Resume()
 	n := log.len()
-	edgeEventually(t, 30*time.Second, func() bool { return log.len() >= n+20 }, "no writes after the resume")
+	require.Eventually(t, func() bool { return log.len() >= n+20 }, waitTimeout, 10*time.Millisecond, "no writes after the resume")
 	close(stop)
 	require.NoError(t, <-writerDone)
 	want := log.sorted()
 	last := want[len(want)-1].rev
-	edgeEventually(t, 30*time.Second, func() bool { return rec.lastRev() >= last },
+	require.Eventually(t, func() bool { return rec.lastRev() >= last }, waitTimeout, 10*time.Millisecond,
 		"the watch stopped at revision %v, last write %d", edgeLazy(func() any { return rec.lastRev() }), last)
 	edgeRequireEvents(t, want, rec.snapshot())
 	rc := storage.WatchRecovery(op)
@@ -489,7 +467,11 @@ func TestEdgeSlowHandlerResumesFromLastDeliveredAfterDrop(t *testing.T) {
 					// The backlog path is forced, not left to the writes
 					// outpacing a 260 ms handler: the first event waits
 					// until the library has cancelled its stream.
-					edgeWaitFor(20*time.Second, func() bool { return storage.WatchRecovery(op).Backlogs >= 1 })
+					// Not asserted here: the backlog count is checked once
+					// the writes are done.
+					for deadline := time.Now().Add(20 * time.Second); storage.WatchRecovery(op).Backlogs < 1 && time.Now().Before(deadline); {
+						time.Sleep(10 * time.Millisecond) // polling interval
+					}
 				}
 				time.Sleep(slow) // the handler's work
 				return rec.handle(e)
@@ -504,16 +486,16 @@ func TestEdgeSlowHandlerResumesFromLastDeliveredAfterDrop(t *testing.T) {
 
 			t.Log("phase 1: six writes; drop the connections while the handler is on the second")
 			write(0, 6)
-			edgeEventually(t, 30*time.Second, func() bool { return entered.Load() >= 2 }, "the handler never got the second event")
+			require.Eventually(t, func() bool { return entered.Load() >= 2 }, waitTimeout, 10*time.Millisecond, "the handler never got the second event")
 			clus.Members[0].Bridge().DropConnections()
 
 			t.Log("phase 2: six more writes; drop again while the handler is on the eighth")
 			write(6, 12)
-			edgeEventually(t, 30*time.Second, func() bool { return entered.Load() >= 8 }, "the handler never got the eighth event")
+			require.Eventually(t, func() bool { return entered.Load() >= 8 }, waitTimeout, 10*time.Millisecond, "the handler never got the eighth event")
 			clus.Members[0].Bridge().DropConnections()
 
 			t.Log("phase 3: every write arrives once, in order")
-			edgeEventually(t, 30*time.Second, func() bool { return rec.lastRev() >= want[len(want)-1].rev },
+			require.Eventually(t, func() bool { return rec.lastRev() >= want[len(want)-1].rev }, waitTimeout, 10*time.Millisecond,
 				"delivered %v of %d", edgeLazy(func() any { return rec.len() }), len(want))
 			edgeRequireEvents(t, want, rec.snapshot())
 			rc := storage.WatchRecovery(op)
@@ -610,12 +592,12 @@ func TestEdgeSlowHandlerBacklogIsBounded(t *testing.T) {
 	start := time.Now()
 	writes := edgeWriteSingles(ctx, t, writer, prefix, total, 8)
 	t.Logf("written in %v", time.Since(start).Round(time.Millisecond))
-	edgeEventually(t, 30*time.Second, func() bool { return storage.WatchRecovery(op).Backlogs >= 1 },
+	require.Eventually(t, func() bool { return storage.WatchRecovery(op).Backlogs >= 1 }, waitTimeout, 10*time.Millisecond,
 		"the watch never cancelled its stream for the blocked handler: %+v", edgeLazy(func() any { return storage.WatchRecovery(op) }))
 
 	t.Log("phase 2: release the handler; every event arrives once, in order")
 	release()
-	edgeEventually(t, 30*time.Second, func() bool { return rec.lastRev() >= writes[len(writes)-1].rev },
+	require.Eventually(t, func() bool { return rec.lastRev() >= writes[len(writes)-1].rev }, waitTimeout, 10*time.Millisecond,
 		"delivered %v of %d", edgeLazy(func() any { return rec.len() }), total)
 	edgeRequireEvents(t, writes, rec.snapshot())
 	rc := storage.WatchRecovery(op)
@@ -678,7 +660,7 @@ func TestEdgeSlowHandlerBacklogRelistsAfterCompaction(t *testing.T) {
 
 	t.Log("phase 1: 3000 puts, deletes and re-creates over 300 keys while the handler is blocked")
 	churn(3000, 0)
-	edgeEventually(t, 30*time.Second, func() bool { return storage.WatchRecovery(op).Backlogs >= 1 },
+	require.Eventually(t, func() bool { return storage.WatchRecovery(op).Backlogs >= 1 }, waitTimeout, 10*time.Millisecond,
 		"the watch never cancelled its stream for the blocked handler: %+v", edgeLazy(func() any { return storage.WatchRecovery(op) }))
 
 	resp, err := writer.Get(ctx, "/")
@@ -690,14 +672,14 @@ func TestEdgeSlowHandlerBacklogRelistsAfterCompaction(t *testing.T) {
 	t.Log("phase 3: release the handler: it drains its backlog, finds its revision compacted, re-reads")
 	release()
 	want := edgeEtcdState(ctx, t, writer, prefix)
-	edgeEventually(t, 30*time.Second, func() bool {
+	require.Eventually(t, func() bool {
 		return storage.WatchRecovery(op).Relists >= 1 && maps.Equal(edgeReplay(t, rec.snapshot()), want)
-	}, "the replay never matched etcd: %+v", edgeLazy(func() any { return storage.WatchRecovery(op) }))
+	}, waitTimeout, 10*time.Millisecond, "the replay never matched etcd: %+v", edgeLazy(func() any { return storage.WatchRecovery(op) }))
 
 	t.Log("phase 4: 300 more changes after the re-read reach the replay too")
 	churn(300, 1)
 	want = edgeEtcdState(ctx, t, writer, prefix)
-	edgeEventually(t, 30*time.Second, func() bool { return maps.Equal(edgeReplay(t, rec.snapshot()), want) },
+	require.Eventually(t, func() bool { return maps.Equal(edgeReplay(t, rec.snapshot()), want) }, waitTimeout, 10*time.Millisecond,
 		"the replay never matched etcd after the re-read")
 	events := rec.snapshot()
 	for i := 1; i < len(events); i++ {
@@ -775,7 +757,7 @@ func edgeLargeCatchUp(t *testing.T, rawSize int) {
 	for _, name := range []string{"gate", "filler-1", "filler-2"} {
 		write(&edgeBlob{Name: name})
 	}
-	edgeEventually(t, 30*time.Second, func() bool { return storage.WatchRecovery(op).Backlogs >= 1 },
+	require.Eventually(t, func() bool { return storage.WatchRecovery(op).Backlogs >= 1 }, waitTimeout, 10*time.Millisecond,
 		"the backlog never cancelled the stream: %+v", edgeLazy(func() any { return storage.WatchRecovery(op) }))
 
 	t.Logf("phase 2: stop member %d; write ten values of %d random bytes through member %d; restart it", cut, rawSize, leader)
@@ -791,7 +773,7 @@ func edgeLargeCatchUp(t *testing.T, rawSize int) {
 
 	t.Log("phase 3: release the handler: the library resumes from the last value delivered and catches up")
 	release()
-	if !edgeWaitFor(30*time.Second, func() bool { return rec.len() >= len(order) }) {
+	if !assert.Eventually(t, func() bool { return rec.len() >= len(order) }, waitTimeout, 10*time.Millisecond) {
 		cached, err := cache.GetPrefix("").Exec(ctx)
 		t.Fatalf("delivered %d of %d; recovery %+v; the cache answers %d of %d items, error %v (recovery %+v); "+
 			"a raw clientv3 watch (WithFragment) on the same client from the first big value gets: %s",
@@ -820,7 +802,7 @@ func edgeLargeCatchUp(t *testing.T, rawSize int) {
 	assert.GreaterOrEqual(t, rc.Resumes, int64(1), "the library never resumed")
 
 	t.Log("phase 4: the cache over the same prefix converges")
-	edgeEventually(t, 30*time.Second, func() bool { return edgeCacheHolds(ctx, cache, keyOf, want) },
+	require.Eventually(t, func() bool { return edgeCacheHolds(ctx, cache, keyOf, want) }, waitTimeout, 10*time.Millisecond,
 		"the cache never held every value; recovery %+v", edgeLazy(func() any { return storage.CacheRecovery(cache) }))
 	t.Logf("cache recovery %+v", storage.CacheRecovery(cache))
 
@@ -942,8 +924,8 @@ func TestEdgeUndecodableValueMidStreamIsAnErrorEventAndTheWatchGoesOn(t *testing
 			require.Empty(t, all)
 
 			t.Log("phase 4: the watches saw each step once and go on")
-			edgeEventually(t, 30*time.Second, func() bool { return rec.lastRev() >= del.Revision() }, "the watch missed the delete")
-			edgeEventually(t, 30*time.Second, func() bool { return late.lastRev() >= del.Revision() }, "the late watch missed the delete")
+			require.Eventually(t, func() bool { return rec.lastRev() >= del.Revision() }, waitTimeout, 10*time.Millisecond, "the watch missed the delete")
+			require.Eventually(t, func() bool { return late.lastRev() >= del.Revision() }, waitTimeout, 10*time.Millisecond, "the late watch missed the delete")
 			for _, r := range []*recorder[*host]{&rec, &late} {
 				events := r.snapshot()
 				first := 1
@@ -1102,7 +1084,7 @@ func edgeIdlePrefix(t *testing.T, progress bool) {
 				}
 			}
 		}()
-		edgeEventually(t, 30*time.Second, func() bool { return storage.WatchRecovery(op).ProgressRev >= last },
+		require.Eventually(t, func() bool { return storage.WatchRecovery(op).ProgressRev >= last }, waitTimeout, 10*time.Millisecond,
 			"no progress notification moved the watch past the compaction at %d: %+v", last,
 			edgeLazy(func() any { return storage.WatchRecovery(op) }))
 		close(stop)
@@ -1123,7 +1105,7 @@ func edgeIdlePrefix(t *testing.T, progress bool) {
 	t.Logf("phase 4: pause member %d until it loses its leader and cancels the stream, and the library resumes", watched)
 	wm.Pause()
 	paused := time.Now()
-	edgeEventually(t, 30*time.Second, func() bool { return storage.WatchRecovery(op).Resumes > resumes },
+	require.Eventually(t, func() bool { return storage.WatchRecovery(op).Resumes > resumes }, waitTimeout, 10*time.Millisecond,
 		"the library never resumed while member %d was paused (recovery %v)", watched,
 		edgeLazy(func() any { return storage.WatchRecovery(op) }))
 	t.Logf("resumed after a pause of %v", time.Since(paused).Round(time.Millisecond))
@@ -1133,7 +1115,7 @@ func edgeIdlePrefix(t *testing.T, progress bool) {
 	t.Log("phase 5: a write to the idle prefix arrives exactly once")
 	w, err := edgePut(ctx, writer, prefix+"d", 99)
 	require.NoError(t, err)
-	edgeEventually(t, 30*time.Second, func() bool { return rec.lastRev() >= w.rev },
+	require.Eventually(t, func() bool { return rec.lastRev() >= w.rev }, waitTimeout, 10*time.Millisecond,
 		"the write never arrived; recovery %+v", edgeLazy(func() any { return storage.WatchRecovery(op) }))
 	got := rec.snapshot()
 	for i := range initial {
@@ -1226,14 +1208,14 @@ func TestEdgeListWatchHandoffDeliversEachWriteOnce(t *testing.T) {
 	writes := log.sorted()
 	last := writes[len(writes)-1].rev
 	t.Logf("phase 2: %d writes; wait for every watch to reach revision %d", len(writes), last)
-	edgeEventually(t, 30*time.Second, func() bool {
+	require.Eventually(t, func() bool {
 		for _, r := range recs {
 			if r.lastRev() < last {
 				return false
 			}
 		}
 		return true
-	}, "some watch never reached the last write")
+	}, waitTimeout, 10*time.Millisecond, "some watch never reached the last write")
 
 	t.Log("phase 3: each write is in the first read or among the events, exactly once")
 	var events int
@@ -1419,7 +1401,7 @@ func TestEdgeManyWatchesOnOneClientWithHeavyReadsGetEveryEvent(t *testing.T) {
 	defer stopReads()
 	// The writes start once both loops are under way, however long a 3 MiB
 	// read takes on this machine: the loops then run through every write.
-	edgeEventually(t, 60*time.Second, func() bool { return decodedReads.Load() >= 1 && rawReads.Load() >= 1 },
+	require.Eventually(t, func() bool { return decodedReads.Load() >= 1 && rawReads.Load() >= 1 }, 60*time.Second, 10*time.Millisecond,
 		"the read loops never completed a read (%v decoded, %v raw)", edgeLazy(func() any { return decodedReads.Load() }),
 		edgeLazy(func() any { return rawReads.Load() }))
 	sent := make([]time.Time, writes)
@@ -1436,18 +1418,18 @@ func TestEdgeManyWatchesOnOneClientWithHeavyReadsGetEveryEvent(t *testing.T) {
 	// (the handler fails on a duplicate). How fast depends on the machine,
 	// so the latencies are logged, and the wait is generous.
 	t.Log("phase 3: every event reaches every watch and the cache")
-	edgeEventually(t, 60*time.Second, func() bool {
+	require.Eventually(t, func() bool {
 		for _, a := range arrivals {
 			if a.count() < writes {
 				return false
 			}
 		}
 		return true
-	}, "some watch misses events")
-	edgeEventually(t, 60*time.Second, func() bool {
+	}, 60*time.Second, 10*time.Millisecond, "some watch misses events")
+	require.Eventually(t, func() bool {
 		got, err := cache.GetPrefix("").Exec(ctx)
 		return err == nil && len(got) == writes
-	}, "the cache misses events")
+	}, 60*time.Second, 10*time.Millisecond, "the cache misses events")
 	stopReads()
 	require.NoError(t, <-decodedDone)
 	require.NoError(t, <-rawDone)
