@@ -122,7 +122,7 @@ func TestCacheSyncReadsEveryWriteOfAnotherClientThroughAnotherMember(t *testing.
 
 func TestCacheWaitForRevisionReadsYourWritesAcrossClients(t *testing.T) {
 	verifyNoLeaks(t)
-	s := newCacheServer(t)
+	s := newServer(t)
 	writer := newExtraClient(t, s, clientv3.Config{})
 	ctx := testContext(t)
 	c := startCache(ctx, t, s.Client(), "/wait", keyOfHost)

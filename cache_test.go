@@ -42,16 +42,6 @@ func startCache[V storage.Value](ctx context.Context, t *testing.T, client *clie
 	return c
 }
 
-// newCacheServer starts a single-member etcd for tests that need more than one
-// client of it; it is closed when the test ends.
-func newCacheServer(t *testing.T) *storagetest.Server {
-	t.Helper()
-	s, err := storagetest.Start()
-	require.NoError(t, err)
-	t.Cleanup(func() { assert.NoError(t, s.Close()) })
-	return s
-}
-
 // newExtraClient returns another client of s, closed when the test ends.
 func newExtraClient(t *testing.T, s *storagetest.Server, cfg clientv3.Config) *clientv3.Client {
 	t.Helper()
@@ -227,8 +217,8 @@ func testCacheReads(ctx context.Context, t *testing.T, r hostReader) {
 	})
 }
 
-// cacheWriteCase is a write through a cache, checked for read-your-writes.
-type cacheWriteCase struct {
+// writeCase is a write through a cache, checked for read-your-writes.
+type writeCase struct {
 	name   string
 	stored int // puts by another writer before the write; 0: the key is absent
 	// op builds the write of key; item is the record it writes (nil for a
@@ -238,7 +228,7 @@ type cacheWriteCase struct {
 	version int64
 }
 
-var cacheWriteCases = []cacheWriteCase{
+var writeCases = []writeCase{
 	{
 		name: "create",
 		op: func(c storage.Cache[*record], _ string, item *record) storage.TxnOperation {
@@ -288,7 +278,7 @@ var cacheWriteCases = []cacheWriteCase{
 
 // prepareWrite stores w's key as another writer would, waits until the cache
 // has it, and returns the key and the record the write will use.
-func prepareWrite(ctx context.Context, t *testing.T, client *clientv3.Client, c storage.Cache[*record], mode string, w cacheWriteCase) (string, *record) {
+func prepareWrite(ctx context.Context, t *testing.T, client *clientv3.Client, c storage.Cache[*record], mode string, w writeCase) (string, *record) {
 	t.Helper()
 	name := strings.ReplaceAll(fmt.Sprintf("rw/%s/%s/x", mode, w.name), " ", "-")
 	key := storage.Key(name)
@@ -311,7 +301,7 @@ func prepareWrite(ctx context.Context, t *testing.T, client *clientv3.Client, c 
 // requireWritten checks, without waiting, that the cache and etcd hold the
 // result of write w of key at revision rev, and that a put wrote the key's
 // version and mod revision back into item.
-func requireWritten(ctx context.Context, t *testing.T, client *clientv3.Client, c storage.Cache[*record], w cacheWriteCase, key string, item *record, rev int64) {
+func requireWritten(ctx context.Context, t *testing.T, client *clientv3.Client, c storage.Cache[*record], w writeCase, key string, item *record, rev int64) {
 	t.Helper()
 	got, err := c.Get(key).Exec(ctx)
 	if w.version == 0 {
@@ -331,24 +321,24 @@ func requireWritten(ctx context.Context, t *testing.T, client *clientv3.Client, 
 	require.Equal(t, stored, got, "the cache differs from etcd")
 }
 
-// watchGate holds back the watch responses of the client it is installed in
+// streamGate holds back the watch responses of the client it is installed in
 // (as a stream interceptor) while it is held. Requests still go through, so
 // what a cache shows while its watch is held is its write-through alone.
-type watchGate struct {
+type streamGate struct {
 	step chan struct{} // each receive lets one held response through; never closed
 
 	mu   sync.Mutex    // protects open
 	open chan struct{} // closed while the gate lets responses through
 }
 
-func newWatchGate() *watchGate {
-	g := &watchGate{open: make(chan struct{}), step: make(chan struct{})}
+func newStreamGate() *streamGate {
+	g := &streamGate{open: make(chan struct{}), step: make(chan struct{})}
 	close(g.open)
 	return g
 }
 
 // dialOption installs the gate in a client.
-func (g *watchGate) dialOption() grpc.DialOption {
+func (g *streamGate) dialOption() grpc.DialOption {
 	return grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn,
 		method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 		s, err := streamer(ctx, desc, cc, method, opts...)
@@ -360,7 +350,7 @@ func (g *watchGate) dialOption() grpc.DialOption {
 }
 
 // hold keeps every watch response from now on until release.
-func (g *watchGate) hold() {
+func (g *streamGate) hold() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	select {
@@ -371,7 +361,7 @@ func (g *watchGate) hold() {
 }
 
 // release lets the held responses and all later ones through.
-func (g *watchGate) release() {
+func (g *streamGate) release() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	select {
@@ -382,7 +372,7 @@ func (g *watchGate) release() {
 }
 
 // next lets exactly one held response through.
-func (g *watchGate) next(t *testing.T) {
+func (g *streamGate) next(t *testing.T) {
 	t.Helper()
 	select {
 	case g.step <- struct{}{}:
@@ -391,7 +381,7 @@ func (g *watchGate) next(t *testing.T) {
 	}
 }
 
-func (g *watchGate) opened() <-chan struct{} {
+func (g *streamGate) opened() <-chan struct{} {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return g.open
@@ -400,7 +390,7 @@ func (g *watchGate) opened() <-chan struct{} {
 // gatedStream is a watch stream whose responses wait for the gate.
 type gatedStream struct {
 	grpc.ClientStream
-	gate *watchGate
+	gate *streamGate
 }
 
 func (s *gatedStream) RecvMsg(m any) error {
@@ -413,8 +403,8 @@ func (s *gatedStream) RecvMsg(m any) error {
 	return err
 }
 
-// newGatedCacheClient returns a client of s whose watch responses g holds.
-func newGatedCacheClient(t *testing.T, s *storagetest.Server, g *watchGate) *clientv3.Client {
+// newGatedClient returns a client of s whose watch responses g holds.
+func newGatedClient(t *testing.T, s *storagetest.Server, g *streamGate) *clientv3.Client {
 	t.Helper()
 	t.Cleanup(g.release) // runs after the client is closed and the cache stopped
 	return newExtraClient(t, s, clientv3.Config{DialTimeout: 5 * time.Second, DialOptions: []grpc.DialOption{g.dialOption()}})
@@ -422,16 +412,16 @@ func newGatedCacheClient(t *testing.T, s *storagetest.Server, g *watchGate) *cli
 
 func TestCacheReadsItsOwnWrites(t *testing.T) {
 	verifyNoLeaks(t)
-	s := newCacheServer(t)
+	s := newServer(t)
 	client := s.Client() // another writer
 	ctx := testContext(t)
 	// The cache's watch is held during each write: what the cache shows
 	// then, it learned from the write itself.
-	gate := newWatchGate()
-	c := startCache(ctx, t, newGatedCacheClient(t, s, gate), "/rw", keyOfRecord)
+	gate := newStreamGate()
+	c := startCache(ctx, t, newGatedClient(t, s, gate), "/rw", keyOfRecord)
 
 	t.Run("alone", func(t *testing.T) {
-		for _, w := range cacheWriteCases {
+		for _, w := range writeCases {
 			t.Run(w.name+" is visible at once after Exec", func(t *testing.T) {
 				key, item := prepareWrite(ctx, t, client, c, "alone", w)
 				op := w.op(c, key, item)
@@ -445,16 +435,16 @@ func TestCacheReadsItsOwnWrites(t *testing.T) {
 	})
 
 	t.Run("in a txn, every op is visible at once after Commit", func(t *testing.T) {
-		keys := make([]string, len(cacheWriteCases))
-		items := make([]*record, len(cacheWriteCases))
-		ops := make([]storage.TxnOperation, len(cacheWriteCases))
-		for i, w := range cacheWriteCases {
+		keys := make([]string, len(writeCases))
+		items := make([]*record, len(writeCases))
+		ops := make([]storage.TxnOperation, len(writeCases))
+		for i, w := range writeCases {
 			keys[i], items[i] = prepareWrite(ctx, t, client, c, "txn", w)
 			ops[i] = w.op(c, keys[i], items[i])
 		}
 		gate.hold()
 		require.NoError(t, storage.NewTxn(client, ops...).Commit(ctx))
-		for i, w := range cacheWriteCases {
+		for i, w := range writeCases {
 			t.Run(w.name, func(t *testing.T) {
 				requireWritten(ctx, t, client, c, w, keys[i], items[i], ops[0].Revision())
 			})
@@ -492,11 +482,11 @@ func TestCacheReadsItsOwnWrites(t *testing.T) {
 
 func TestCacheWriteThroughOutranksOlderWatchEvents(t *testing.T) {
 	verifyNoLeaks(t)
-	s := newCacheServer(t)
+	s := newServer(t)
 	client := s.Client() // another writer
 	ctx := testContext(t)
-	gate := newWatchGate()
-	c := startCache(ctx, t, newGatedCacheClient(t, s, gate), "/ord", keyOfHost)
+	gate := newStreamGate()
+	c := startCache(ctx, t, newGatedClient(t, s, gate), "/ord", keyOfHost)
 	put(t, client, "/ord/e", rawHostJSON("ord/e", 1))
 	put(t, client, "/ord/warm", rawHostJSON("ord/warm", 1)) // the watch delivers
 	requireCacheMatchesEtcd(ctx, t, c, client, "/ord")
@@ -733,7 +723,7 @@ func TestCacheOfTheWholeKeyspaceReadsEveryItem(t *testing.T) {
 
 func TestCacheSeesExternalWriters(t *testing.T) {
 	verifyNoLeaks(t)
-	s := newCacheServer(t)
+	s := newServer(t)
 	other := newExtraClient(t, s, clientv3.Config{DialTimeout: 5 * time.Second})
 	ctx := testContext(t)
 	c := startCache(ctx, t, s.Client(), "/ext", keyOfHost)
@@ -880,7 +870,7 @@ func TestCacheLifecycle(t *testing.T) {
 
 func TestCacheStopsOnAClosedClient(t *testing.T) {
 	verifyNoLeaks(t)
-	s := newCacheServer(t)
+	s := newServer(t)
 	ctx := testContext(t)
 	cacheClient := newExtraClient(t, s, clientv3.Config{DialTimeout: 5 * time.Second})
 	put(t, s.Client(), "/life/a", rawHostJSON("life/a", 1))
@@ -1008,7 +998,7 @@ func churnConv(ctx context.Context, t *testing.T, client *clientv3.Client, rng *
 
 func TestCacheConvergesAfterChurnAndCompaction(t *testing.T) {
 	verifyNoLeaks(t)
-	s := newCacheServer(t)
+	s := newServer(t)
 	client := s.Client()
 	ctx := testContext(t)
 	p := newCutProxy(t, strings.TrimPrefix(s.Endpoints()[0], "http://"))

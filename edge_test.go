@@ -38,17 +38,17 @@ import (
 	"github.com/etcdkit/storage/storagetest"
 )
 
-// edgeBlob holds random bytes: incompressible, so the stored size is what a
+// namedBlob holds random bytes: incompressible, so the stored size is what a
 // test aims at. JSON writes them as base64, and the library's gzip (klauspost,
 // default level) stores base64 of random bytes uncompressed: 1 MiB of random
 // bytes is stored as 1.333 MiB.
-type edgeBlob struct {
+type namedBlob struct {
 	storage.StoredValue
 	Name string `json:"name"`
 	Data []byte `json:"data"`
 }
 
-func edgeRandomBytes(t testing.TB, n int) []byte {
+func randomBytes(t testing.TB, n int) []byte {
 	t.Helper()
 	b := make([]byte, n)
 	_, err := crand.Read(b)
@@ -56,8 +56,8 @@ func edgeRandomBytes(t testing.TB, n int) []byte {
 	return b
 }
 
-// edgeScale returns the integer in the environment variable name, or def.
-func edgeScale(t testing.TB, name string, def int) int {
+// scaled returns the integer in the environment variable name, or def.
+func scaled(t testing.TB, name string, def int) int {
 	t.Helper()
 	s := os.Getenv(name)
 	if s == "" {
@@ -68,10 +68,10 @@ func edgeScale(t testing.TB, name string, def int) int {
 	return n
 }
 
-// edgeServer starts a single-member etcd for t, closed when t ends, for
+// newServer starts a single-member etcd for t, closed when t ends, for
 // tests that need a second client (a writer that does not share the watch's
 // connection).
-func edgeServer(t testing.TB, opts ...storagetest.Option) *storagetest.Server {
+func newServer(t testing.TB, opts ...storagetest.Option) *storagetest.Server {
 	t.Helper()
 	s, err := storagetest.Start(opts...)
 	require.NoError(t, err)
@@ -79,8 +79,8 @@ func edgeServer(t testing.TB, opts ...storagetest.Option) *storagetest.Server {
 	return s
 }
 
-// edgeClient returns a new client of s, closed when t ends (before s).
-func edgeClient(t testing.TB, s *storagetest.Server) *clientv3.Client {
+// newServerClient returns a new client of s, closed when t ends (before s).
+func newServerClient(t testing.TB, s *storagetest.Server) *clientv3.Client {
 	t.Helper()
 	c, err := s.NewClient(clientv3.Config{DialTimeout: 5 * time.Second})
 	require.NoError(t, err)
@@ -88,65 +88,61 @@ func edgeClient(t testing.TB, s *storagetest.Server) *clientv3.Client {
 	return c
 }
 
-// edgeWrite is one write a test made, with the revision etcd gave it.
-type edgeWrite struct {
+// ackedWrite is one write a test made, with the revision etcd gave it.
+type ackedWrite struct {
 	key  string
 	rev  int64
 	del  bool
 	port int
 }
 
-// edgeWriteLog collects the writes of one or more writer goroutines.
-type edgeWriteLog struct {
+// ackedLog collects the writes of one or more writer goroutines.
+type ackedLog struct {
 	mu     sync.Mutex // protects writes
-	writes []edgeWrite
+	writes []ackedWrite
 }
 
-func (l *edgeWriteLog) add(w edgeWrite) {
+func (l *ackedLog) add(w ackedWrite) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.writes = append(l.writes, w)
 }
 
-func (l *edgeWriteLog) len() int {
+func (l *ackedLog) len() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return len(l.writes)
 }
 
 // sorted returns the writes in revision order.
-func (l *edgeWriteLog) sorted() []edgeWrite {
+func (l *ackedLog) sorted() []ackedWrite {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	out := slices.Clone(l.writes)
-	slices.SortFunc(out, func(a, b edgeWrite) int { return int(a.rev - b.rev) })
+	slices.SortFunc(out, func(a, b ackedWrite) int { return int(a.rev - b.rev) })
 	return out
 }
 
-func edgeHostJSON(name string, port int) string {
-	return fmt.Sprintf(`{"name":%q,"port":%d}`, name, port)
-}
-
-// edgePut stores a host with the raw client (as another service would).
-func edgePut(ctx context.Context, client *clientv3.Client, key string, port int) (edgeWrite, error) {
-	resp, err := client.Put(ctx, key, edgeHostJSON("edge", port))
+// putAcked stores a host with the raw client (as another service would).
+func putAcked(ctx context.Context, client *clientv3.Client, key string, port int) (ackedWrite, error) {
+	resp, err := client.Put(ctx, key, rawHostJSON("edge", port))
 	if err != nil {
-		return edgeWrite{}, fmt.Errorf("put %s: %w", key, err)
+		return ackedWrite{}, fmt.Errorf("put %s: %w", key, err)
 	}
-	return edgeWrite{key: key, rev: resp.Header.Revision, port: port}, nil
+	return ackedWrite{key: key, rev: resp.Header.Revision, port: port}, nil
 }
 
-// edgeDelete deletes key with the raw client; ok is false when there was
+// deleteAcked deletes key with the raw client; ok is false when there was
 // nothing to delete (no revision, no event).
-func edgeDelete(ctx context.Context, client *clientv3.Client, key string) (w edgeWrite, ok bool, err error) {
+func deleteAcked(ctx context.Context, client *clientv3.Client, key string) (w ackedWrite, ok bool, err error) {
 	resp, err := client.Delete(ctx, key)
 	if err != nil {
-		return edgeWrite{}, false, fmt.Errorf("delete %s: %w", key, err)
+		return ackedWrite{}, false, fmt.Errorf("delete %s: %w", key, err)
 	}
-	return edgeWrite{key: key, rev: resp.Header.Revision, del: true}, resp.Deleted > 0, nil
+	return ackedWrite{key: key, rev: resp.Header.Revision, del: true}, resp.Deleted > 0, nil
 }
 
-func edgeDescribe(e *storage.Event[*host]) string {
+func describeEvent(e *storage.Event[*host]) string {
 	port := "-"
 	if e.Value != nil {
 		port = strconv.Itoa(e.Value.Port)
@@ -154,17 +150,17 @@ func edgeDescribe(e *storage.Event[*host]) string {
 	return fmt.Sprintf("%s %s rev %d port %s err %v", e.Type, e.Key, e.Revision, port, e.Err)
 }
 
-func edgeDescribeWrite(w edgeWrite) string {
+func describeWrite(w ackedWrite) string {
 	if w.del {
 		return fmt.Sprintf("delete %s rev %d", w.key, w.rev)
 	}
 	return fmt.Sprintf("put %s rev %d port %d", w.key, w.rev, w.port)
 }
 
-// edgeRequireEvents checks that got is exactly want: same kind, key,
+// requireAckedEvents checks that got is exactly want: same kind, key,
 // revision and value, in order, each once. It reports the first difference
 // rather than thousands of lines.
-func edgeRequireEvents(t *testing.T, want []edgeWrite, got []*storage.Event[*host]) {
+func requireAckedEvents(t *testing.T, want []ackedWrite, got []*storage.Event[*host]) {
 	t.Helper()
 	for i := range min(len(want), len(got)) {
 		w, g := want[i], got[i]
@@ -175,20 +171,20 @@ func edgeRequireEvents(t *testing.T, want []edgeWrite, got []*storage.Event[*hos
 			ok = ok && g.Type == storage.EventTypePut && g.Value != nil && g.Value.Port == w.port
 		}
 		if !ok {
-			t.Fatalf("event %d of %d: got %s, want %s (a gap or a duplicate)", i, len(got), edgeDescribe(g), edgeDescribeWrite(w))
+			t.Fatalf("event %d of %d: got %s, want %s (a gap or a duplicate)", i, len(got), describeEvent(g), describeWrite(w))
 		}
 	}
 	switch {
 	case len(got) > len(want):
-		t.Fatalf("%d events, want %d: extra event %s", len(got), len(want), edgeDescribe(got[len(want)]))
+		t.Fatalf("%d events, want %d: extra event %s", len(got), len(want), describeEvent(got[len(want)]))
 	case len(got) < len(want):
-		t.Fatalf("%d events, want %d: missing %s", len(got), len(want), edgeDescribeWrite(want[len(got)]))
+		t.Fatalf("%d events, want %d: missing %s", len(got), len(want), describeWrite(want[len(got)]))
 	}
 }
 
-// edgeRequireNoWatchError checks that the watch has not stopped with an
+// requireNotStopped checks that the watch has not stopped with an
 // error.
-func edgeRequireNoWatchError(t *testing.T, what string, errc <-chan error) {
+func requireNotStopped(t *testing.T, what string, errc <-chan error) {
 	t.Helper()
 	select {
 	case err := <-errc:
@@ -197,58 +193,58 @@ func edgeRequireNoWatchError(t *testing.T, what string, errc <-chan error) {
 	}
 }
 
-// edgeLazy formats as the value its func returns when formatted.
-type edgeLazy func() any
+// lazy formats as the value its func returns when formatted.
+type lazy func() any
 
-func (f edgeLazy) String() string { return fmt.Sprintf("%+v", f()) }
+func (f lazy) String() string { return fmt.Sprintf("%+v", f()) }
 
-// edgeState is a key's value as a replay of events or a read gives it.
-type edgeState struct {
+// keyState is a key's value as a replay of events or a read gives it.
+type keyState struct {
 	port    int
 	version int64
 }
 
-// edgeReplay applies events in order to an empty map, as a client of the
+// replayEvents applies events in order to an empty map, as a client of the
 // watch would.
-func edgeReplay(t *testing.T, events []*storage.Event[*host]) map[string]edgeState {
+func replayEvents(t *testing.T, events []*storage.Event[*host]) map[string]keyState {
 	t.Helper()
-	m := make(map[string]edgeState)
+	m := make(map[string]keyState)
 	for _, e := range events {
 		switch e.Type {
 		case storage.EventTypePut:
-			m[e.Key] = edgeState{port: e.Value.Port, version: e.Value.Version()}
+			m[e.Key] = keyState{port: e.Value.Port, version: e.Value.Version()}
 		case storage.EventTypeDelete:
 			delete(m, e.Key)
 		default:
-			t.Fatalf("unexpected event %s", edgeDescribe(e))
+			t.Fatalf("unexpected event %s", describeEvent(e))
 		}
 	}
 	return m
 }
 
-// edgeEtcdState reads prefix from etcd.
-func edgeEtcdState(ctx context.Context, t *testing.T, client *clientv3.Client, prefix string) map[string]edgeState {
+// etcdKeyStates reads prefix from etcd.
+func etcdKeyStates(ctx context.Context, t *testing.T, client *clientv3.Client, prefix string) map[string]keyState {
 	t.Helper()
 	resp, err := client.Get(ctx, prefix, clientv3.WithPrefix())
 	require.NoError(t, err)
-	m := make(map[string]edgeState, len(resp.Kvs))
+	m := make(map[string]keyState, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
 		var h host
 		require.NoError(t, json.Unmarshal(kv.Value, &h))
-		m[string(kv.Key)] = edgeState{port: h.Port, version: kv.Version}
+		m[string(kv.Key)] = keyState{port: h.Port, version: kv.Version}
 	}
 	return m
 }
 
-// edgeTTLObservation is what polling a TTL key saw: when the last read that
+// ttlObservation is what polling a TTL key saw: when the last read that
 // found it started and when the first read that missed it returned. Reads
 // are linearizable, so the key expired after lastPresentStart and before
 // goneEnd: goneEnd before sent+ttl proves an early expiry, without false
 // alarms from polling or from a slow machine. How late etcd expires a lease
 // depends on the machine's speed (the revoke is a raft proposal), so the
-// upper bound is checked on the lease instead (edgeCheckLease), and the
+// upper bound is checked on the lease instead (checkLease), and the
 // observed expiry is logged beside the documented bound.
-type edgeTTLObservation struct {
+type ttlObservation struct {
 	key              string
 	ttl              time.Duration
 	sent             time.Time // before Exec
@@ -257,10 +253,10 @@ type edgeTTLObservation struct {
 	readErrors       int
 }
 
-// edgeObserveTTL reads o.key every 20 ms until it is gone or until passes.
+// observeTTL reads o.key every 20 ms until it is gone or until passes.
 // Read errors (during a leader change) say nothing about the key and are
 // counted only.
-func edgeObserveTTL(ctx context.Context, client *clientv3.Client, o edgeTTLObservation, until time.Time) edgeTTLObservation {
+func observeTTL(ctx context.Context, client *clientv3.Client, o ttlObservation, until time.Time) ttlObservation {
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for time.Now().Before(until) {
@@ -287,20 +283,20 @@ func edgeObserveTTL(ctx context.Context, client *clientv3.Client, o edgeTTLObser
 	return o
 }
 
-// edgeTTLBound is WithTTL's documented bound on a healthy cluster:
+// ttlBound is WithTTL's documented bound on a healthy cluster:
 // ceil(ttl + 0.5 s) seconds plus etcd's expiry check (up to 0.5 s).
-func edgeTTLBound(ttl time.Duration) time.Duration {
+func ttlBound(ttl time.Duration) time.Duration {
 	return time.Duration(math.Ceil((ttl+time.Second/2).Seconds()))*time.Second + time.Second/2
 }
 
-// edgeTTLPatience is how long past its documented bound a TTL key is
+// ttlPatience is how long past its documented bound a TTL key is
 // polled before the test decides it never expires: generous, so that only
 // a lease that is never revoked (kept alive, or far too long) fails.
-const edgeTTLPatience = 30 * time.Second
+const ttlPatience = 30 * time.Second
 
-// edgeCheckTTL asserts that o's key was seen, lived at least its TTL, and
+// requireTTLBound asserts that o's key was seen, lived at least its TTL, and
 // expired; bound is the documented bound, logged beside what was seen.
-func edgeCheckTTL(t *testing.T, o edgeTTLObservation, bound time.Duration) {
+func requireTTLBound(t *testing.T, o ttlObservation, bound time.Duration) {
 	t.Helper()
 	require.Falsef(t, o.lastPresentStart.IsZero(), "%s (TTL %v) was never seen", o.key, o.ttl)
 	require.Falsef(t, o.goneEnd.IsZero(), "%s (TTL %v) still existed %v after Exec", o.key, o.ttl, o.lastPresentStart.Sub(o.sent))
@@ -310,11 +306,11 @@ func edgeCheckTTL(t *testing.T, o edgeTTLObservation, bound time.Duration) {
 	assert.GreaterOrEqualf(t, lived, o.ttl, "%s expired early", o.key)
 }
 
-// edgeCheckLease asserts the upper half of WithTTL(ttl)'s bound on key's
+// checkLease asserts the upper half of WithTTL(ttl)'s bound on key's
 // lease, which no machine's speed changes: the lease etcd granted has a TTL
 // of at most ceil(ttl + 0.5 s), or etcd's minimum lease TTL where that is
 // higher (measured with a grant of one second).
-func edgeCheckLease(ctx context.Context, t *testing.T, client *clientv3.Client, key string, ttl time.Duration) {
+func checkLease(ctx context.Context, t *testing.T, client *clientv3.Client, key string, ttl time.Duration) {
 	t.Helper()
 	resp, err := client.Get(ctx, key)
 	require.NoError(t, err)
@@ -361,9 +357,9 @@ func TestEdgePausedMemberWatchGoesOnWithoutGapOrDuplicate(t *testing.T) {
 	}
 	cli.SetEndpoints(endpoints...)
 
-	var log edgeWriteLog
+	var log ackedLog
 	stop, writerDone := make(chan struct{}), make(chan error, 1)
-	go func() { writerDone <- edgeWriteSequence(ctx, clus.Client(writer), prefix, &log, stop) }()
+	go func() { writerDone <- writeSequence(ctx, clus.Client(writer), prefix, &log, stop) }()
 	require.Eventually(t, func() bool { return rec.len() >= 20 }, waitTimeout, 10*time.Millisecond, "no write reached the watch before the pause")
 
 	pause := 15 * pm.ElectionTimeout()
@@ -372,14 +368,14 @@ func TestEdgePausedMemberWatchGoesOnWithoutGapOrDuplicate(t *testing.T) {
 	revAtPause := sofar[len(sofar)-1].rev
 	pm.Pause()
 	pausedAt := time.Now()
-	observed := make(chan edgeTTLObservation, 2)
+	observed := make(chan ttlObservation, 2)
 	for _, ttl := range []time.Duration{time.Second, 2 * time.Second} {
-		o := edgeTTLObservation{key: fmt.Sprintf("/edge/paused/ttl/%v", ttl), ttl: ttl, sent: time.Now()}
+		o := ttlObservation{key: fmt.Sprintf("/edge/paused/ttl/%v", ttl), ttl: ttl, sent: time.Now()}
 		require.NoError(t, storage.NewPutOp(clus.Client(writer), o.key, &host{Name: "ttl"}).WithTTL(ttl).Exec(ctx))
 		go func() {
-			observed <- edgeObserveTTL(ctx, clus.Client(leader), o, o.sent.Add(edgeTTLBound(ttl)+edgeTTLPatience))
+			observed <- observeTTL(ctx, clus.Client(leader), o, o.sent.Add(ttlBound(ttl)+ttlPatience))
 		}()
-		edgeCheckLease(ctx, t, clus.Client(writer), o.key, ttl)
+		checkLease(ctx, t, clus.Client(writer), o.key, ttl)
 	}
 	time.Sleep(time.Until(pausedAt.Add(pause))) // the fault's duration, not a synchronisation
 	// The member ends the watch with ErrNoLeader once it has missed its
@@ -387,7 +383,7 @@ func TestEdgePausedMemberWatchGoesOnWithoutGapOrDuplicate(t *testing.T) {
 	// takes longer, so the pause lasts until the library has resumed.
 	require.Eventually(t, func() bool { return storage.WatchRecovery(op).Resumes >= 1 }, waitTimeout, 10*time.Millisecond,
 		"the library never resumed while member %d was paused: its ErrNoLeader did not reach it (recovery %v)",
-		paused, edgeLazy(func() any { return storage.WatchRecovery(op) }))
+		paused, lazy(func() any { return storage.WatchRecovery(op) }))
 	movedOn := rec.lastRev() > revAtPause
 
 	t.Logf("phase 3: resume member %d after %v (the watch moved on through another member during the pause: %v)",
@@ -400,23 +396,23 @@ func TestEdgePausedMemberWatchGoesOnWithoutGapOrDuplicate(t *testing.T) {
 	want := log.sorted()
 	last := want[len(want)-1].rev
 	require.Eventually(t, func() bool { return rec.lastRev() >= last }, waitTimeout, 10*time.Millisecond,
-		"the watch stopped at revision %v, last write %d", edgeLazy(func() any { return rec.lastRev() }), last)
-	edgeRequireEvents(t, want, rec.snapshot())
+		"the watch stopped at revision %v, last write %d", lazy(func() any { return rec.lastRev() }), last)
+	requireAckedEvents(t, want, rec.snapshot())
 	rc := storage.WatchRecovery(op)
 	t.Logf("%d writes delivered once each, in order; recovery %+v", len(want), rc)
 	assert.GreaterOrEqual(t, rc.Resumes, int64(1), "the library never resumed: the paused member's ErrNoLeader did not reach it")
-	edgeRequireNoWatchError(t, "the watch", op.Error())
+	requireNotStopped(t, "the watch", op.Error())
 
 	t.Log("phase 4: the TTL keys written during the pause kept their bound")
 	for range 2 {
 		o := <-observed
-		edgeCheckTTL(t, o, edgeTTLBound(o.ttl))
+		requireTTLBound(t, o, ttlBound(o.ttl))
 	}
 }
 
-// edgeWriteSequence puts prefix+N with port N, N = 0, 1, ..., one every 5 ms,
+// writeSequence puts prefix+N with port N, N = 0, 1, ..., one every 5 ms,
 // until stop is closed.
-func edgeWriteSequence(ctx context.Context, client *clientv3.Client, prefix string, log *edgeWriteLog, stop <-chan struct{}) error {
+func writeSequence(ctx context.Context, client *clientv3.Client, prefix string, log *ackedLog, stop <-chan struct{}) error {
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
 	for n := 0; ; n++ {
@@ -426,7 +422,7 @@ func edgeWriteSequence(ctx context.Context, client *clientv3.Client, prefix stri
 		case <-tick.C:
 		}
 		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		w, err := edgePut(wctx, client, fmt.Sprintf("%s%05d", prefix, n), n)
+		w, err := putAcked(wctx, client, fmt.Sprintf("%s%05d", prefix, n), n)
 		cancel()
 		if err != nil {
 			return err
@@ -477,10 +473,10 @@ func TestEdgeSlowHandlerResumesFromLastDeliveredAfterDrop(t *testing.T) {
 				return rec.handle(e)
 			}))
 			defer op.Close()
-			var want []edgeWrite
+			var want []ackedWrite
 			write := func(from, to int) {
 				for n := from; n < to; n++ {
-					want = append(want, edgePutOnce(ctx, t, client, fmt.Sprintf("%s%02d", prefix, n), n))
+					want = append(want, putAckedOnce(ctx, t, client, fmt.Sprintf("%s%02d", prefix, n), n))
 				}
 			}
 
@@ -496,27 +492,27 @@ func TestEdgeSlowHandlerResumesFromLastDeliveredAfterDrop(t *testing.T) {
 
 			t.Log("phase 3: every write arrives once, in order")
 			require.Eventually(t, func() bool { return rec.lastRev() >= want[len(want)-1].rev }, waitTimeout, 10*time.Millisecond,
-				"delivered %v of %d", edgeLazy(func() any { return rec.len() }), len(want))
-			edgeRequireEvents(t, want, rec.snapshot())
+				"delivered %v of %d", lazy(func() any { return rec.len() }), len(want))
+			requireAckedEvents(t, want, rec.snapshot())
 			rc := storage.WatchRecovery(op)
 			t.Logf("recovery %+v", rc)
 			if tc.maxPending > 0 {
 				assert.GreaterOrEqual(t, rc.Backlogs, int64(1), "the backlog never cancelled the stream")
 				assert.GreaterOrEqual(t, rc.Resumes, int64(1), "the library never resumed")
 			}
-			edgeRequireNoWatchError(t, "the watch", op.Error())
+			requireNotStopped(t, "the watch", op.Error())
 		})
 	}
 }
 
-// edgePutOnce puts a new key through a connection that the test drops: a
+// putAckedOnce puts a new key through a connection that the test drops: a
 // put that fails in flight may or may not have been applied, so before
 // retrying it reads the key back (each key is written once, so finding it
 // means the put was applied, at its mod revision).
-func edgePutOnce(ctx context.Context, t *testing.T, client *clientv3.Client, key string, port int) edgeWrite {
+func putAckedOnce(ctx context.Context, t *testing.T, client *clientv3.Client, key string, port int) ackedWrite {
 	t.Helper()
 	for attempt := 0; ; attempt++ {
-		w, err := edgePut(ctx, client, key, port)
+		w, err := putAcked(ctx, client, key, port)
 		if err == nil {
 			return w
 		}
@@ -524,22 +520,22 @@ func edgePutOnce(ctx context.Context, t *testing.T, client *clientv3.Client, key
 		t.Logf("%v; reading it back", err)
 		resp, err := client.Get(ctx, key)
 		if err == nil && len(resp.Kvs) == 1 {
-			return edgeWrite{key: key, rev: resp.Kvs[0].ModRevision, port: port}
+			return ackedWrite{key: key, rev: resp.Kvs[0].ModRevision, port: port}
 		}
 	}
 }
 
-// edgeWriteSingles writes total single puts prefix+N (port N) from workers
+// writeSingles writes total single puts prefix+N (port N) from workers
 // goroutines at full speed and returns them in revision order.
-func edgeWriteSingles(ctx context.Context, t *testing.T, client *clientv3.Client, prefix string, total, workers int) []edgeWrite {
+func writeSingles(ctx context.Context, t *testing.T, client *clientv3.Client, prefix string, total, workers int) []ackedWrite {
 	t.Helper()
-	var log edgeWriteLog
+	var log ackedLog
 	var wg sync.WaitGroup
 	errc := make(chan error, workers)
 	for g := range workers {
 		wg.Go(func() {
 			for n := g; n < total; n += workers {
-				w, err := edgePut(ctx, client, fmt.Sprintf("%s%05d", prefix, n), n)
+				w, err := putAcked(ctx, client, fmt.Sprintf("%s%05d", prefix, n), n)
 				if err != nil {
 					errc <- err
 					return
@@ -554,10 +550,10 @@ func edgeWriteSingles(ctx context.Context, t *testing.T, client *clientv3.Client
 	return log.sorted()
 }
 
-// edgeBlockedWatch starts a prefix watch whose handler, once the first read
+// blockedWatch starts a prefix watch whose handler, once the first read
 // is delivered, waits for release before each event; the returned func
 // releases it (idempotent), and Close runs when t ends, after a release.
-func edgeBlockedWatch(ctx context.Context, t *testing.T, client *clientv3.Client, prefix string) (storage.WatchOp[*host], *recorder[*host], func()) {
+func blockedWatch(ctx context.Context, t *testing.T, client *clientv3.Client, prefix string) (storage.WatchOp[*host], *recorder[*host], func()) {
 	t.Helper()
 	gate := make(chan struct{})
 	var once sync.Once
@@ -581,25 +577,25 @@ func edgeBlockedWatch(ctx context.Context, t *testing.T, client *clientv3.Client
 
 func TestEdgeSlowHandlerBacklogIsBounded(t *testing.T) {
 	verifyNoLeaks(t)
-	srv := edgeServer(t)
-	client, writer := srv.Client(), edgeClient(t, srv)
+	srv := newServer(t)
+	client, writer := srv.Client(), newServerClient(t, srv)
 	ctx := testContext(t)
 	const prefix = "/edge/backlog/"
-	total := edgeScale(t, "EDGE_BACKLOG_EVENTS", 10000)
-	op, rec, release := edgeBlockedWatch(ctx, t, client, prefix)
+	total := scaled(t, "EDGE_BACKLOG_EVENTS", 10000)
+	op, rec, release := blockedWatch(ctx, t, client, prefix)
 
 	t.Logf("phase 1: %d single puts from 8 goroutines while the handler is blocked", total)
 	start := time.Now()
-	writes := edgeWriteSingles(ctx, t, writer, prefix, total, 8)
+	writes := writeSingles(ctx, t, writer, prefix, total, 8)
 	t.Logf("written in %v", time.Since(start).Round(time.Millisecond))
 	require.Eventually(t, func() bool { return storage.WatchRecovery(op).Backlogs >= 1 }, waitTimeout, 10*time.Millisecond,
-		"the watch never cancelled its stream for the blocked handler: %+v", edgeLazy(func() any { return storage.WatchRecovery(op) }))
+		"the watch never cancelled its stream for the blocked handler: %+v", lazy(func() any { return storage.WatchRecovery(op) }))
 
 	t.Log("phase 2: release the handler; every event arrives once, in order")
 	release()
 	require.Eventually(t, func() bool { return rec.lastRev() >= writes[len(writes)-1].rev }, waitTimeout, 10*time.Millisecond,
-		"delivered %v of %d", edgeLazy(func() any { return rec.len() }), total)
-	edgeRequireEvents(t, writes, rec.snapshot())
+		"delivered %v of %d", lazy(func() any { return rec.len() }), total)
+	requireAckedEvents(t, writes, rec.snapshot())
 	rc := storage.WatchRecovery(op)
 	t.Logf("recovery %+v", rc)
 	// The receiver cancels the stream once more than maxPending (1000)
@@ -617,21 +613,21 @@ func TestEdgeSlowHandlerBacklogIsBounded(t *testing.T) {
 	assert.GreaterOrEqual(t, rc.Backlogs, int64(1))
 	assert.GreaterOrEqual(t, rc.Resumes, int64(1), "the library never resumed after its backlog")
 	assert.Zero(t, rc.Relists, "nothing was compacted, yet the watch re-read")
-	edgeRequireNoWatchError(t, "the watch", op.Error())
+	requireNotStopped(t, "the watch", op.Error())
 }
 
 func TestEdgeSlowHandlerBacklogRelistsAfterCompaction(t *testing.T) {
 	verifyNoLeaks(t)
-	srv := edgeServer(t)
-	client, writer := srv.Client(), edgeClient(t, srv)
+	srv := newServer(t)
+	client, writer := srv.Client(), newServerClient(t, srv)
 	ctx := testContext(t)
 	const prefix = "/edge/backlogc/"
 	const keys = 300
 	for k := range keys / 2 {
-		_, err := edgePut(ctx, writer, fmt.Sprintf("%sk%03d", prefix, k), -1)
+		_, err := putAcked(ctx, writer, fmt.Sprintf("%sk%03d", prefix, k), -1)
 		require.NoError(t, err)
 	}
-	op, rec, release := edgeBlockedWatch(ctx, t, client, prefix)
+	op, rec, release := blockedWatch(ctx, t, client, prefix)
 	churn := func(ops, seed int) {
 		t.Helper()
 		var wg sync.WaitGroup
@@ -642,9 +638,9 @@ func TestEdgeSlowHandlerBacklogRelistsAfterCompaction(t *testing.T) {
 					key := fmt.Sprintf("%sk%03d", prefix, (j*7+seed)%keys)
 					var err error
 					if j%5 == 4 {
-						_, _, err = edgeDelete(ctx, writer, key)
+						_, _, err = deleteAcked(ctx, writer, key)
 					} else {
-						_, err = edgePut(ctx, writer, key, seed+j)
+						_, err = putAcked(ctx, writer, key, seed+j)
 					}
 					if err != nil {
 						errc <- err
@@ -661,7 +657,7 @@ func TestEdgeSlowHandlerBacklogRelistsAfterCompaction(t *testing.T) {
 	t.Log("phase 1: 3000 puts, deletes and re-creates over 300 keys while the handler is blocked")
 	churn(3000, 0)
 	require.Eventually(t, func() bool { return storage.WatchRecovery(op).Backlogs >= 1 }, waitTimeout, 10*time.Millisecond,
-		"the watch never cancelled its stream for the blocked handler: %+v", edgeLazy(func() any { return storage.WatchRecovery(op) }))
+		"the watch never cancelled its stream for the blocked handler: %+v", lazy(func() any { return storage.WatchRecovery(op) }))
 
 	resp, err := writer.Get(ctx, "/")
 	require.NoError(t, err)
@@ -671,15 +667,15 @@ func TestEdgeSlowHandlerBacklogRelistsAfterCompaction(t *testing.T) {
 
 	t.Log("phase 3: release the handler: it drains its backlog, finds its revision compacted, re-reads")
 	release()
-	want := edgeEtcdState(ctx, t, writer, prefix)
+	want := etcdKeyStates(ctx, t, writer, prefix)
 	require.Eventually(t, func() bool {
-		return storage.WatchRecovery(op).Relists >= 1 && maps.Equal(edgeReplay(t, rec.snapshot()), want)
-	}, waitTimeout, 10*time.Millisecond, "the replay never matched etcd: %+v", edgeLazy(func() any { return storage.WatchRecovery(op) }))
+		return storage.WatchRecovery(op).Relists >= 1 && maps.Equal(replayEvents(t, rec.snapshot()), want)
+	}, waitTimeout, 10*time.Millisecond, "the replay never matched etcd: %+v", lazy(func() any { return storage.WatchRecovery(op) }))
 
 	t.Log("phase 4: 300 more changes after the re-read reach the replay too")
 	churn(300, 1)
-	want = edgeEtcdState(ctx, t, writer, prefix)
-	require.Eventually(t, func() bool { return maps.Equal(edgeReplay(t, rec.snapshot()), want) }, waitTimeout, 10*time.Millisecond,
+	want = etcdKeyStates(ctx, t, writer, prefix)
+	require.Eventually(t, func() bool { return maps.Equal(replayEvents(t, rec.snapshot()), want) }, waitTimeout, 10*time.Millisecond,
 		"the replay never matched etcd after the re-read")
 	events := rec.snapshot()
 	for i := 1; i < len(events); i++ {
@@ -689,13 +685,13 @@ func TestEdgeSlowHandlerBacklogRelistsAfterCompaction(t *testing.T) {
 	t.Logf("%d events replay to etcd's %d keys; recovery %+v", len(events), len(want), rc)
 	assert.GreaterOrEqual(t, rc.Backlogs, int64(1))
 	assert.GreaterOrEqual(t, rc.Relists, int64(1))
-	edgeRequireNoWatchError(t, "the watch", op.Error())
+	requireNotStopped(t, "the watch", op.Error())
 }
 
 // --- 3. large catch-up ---
 
 func TestEdgeLargeCatchUpArrivesWhole(t *testing.T) {
-	edgeLargeCatchUp(t, 1<<20)
+	largeCatchUp(t, 1<<20)
 }
 
 // Values stored at 0.75 to 1 MiB: etcd fragments a watch response at its
@@ -704,14 +700,14 @@ func TestEdgeLargeCatchUpArrivesWhole(t *testing.T) {
 // client accepts. Each resume then fails with ResourceExhausted again, and
 // only a paged re-read can catch up.
 func TestEdgeLargeCatchUpOfValuesUnderOneMiBArrivesWhole(t *testing.T) {
-	edgeLargeCatchUp(t, 640<<10)
+	largeCatchUp(t, 640<<10)
 }
 
-// edgeLargeCatchUp cuts a watch off (its handler blocked past its backlog,
+// largeCatchUp cuts a watch off (its handler blocked past its backlog,
 // its member stopped) while ten values of rawSize random bytes are written,
 // on clients whose receive limit is 1.5 MiB, and checks that every value
 // arrives, at a watch and at a cache.
-func edgeLargeCatchUp(t *testing.T, rawSize int) {
+func largeCatchUp(t *testing.T, rawSize int) {
 	const recvLimit = 3 << 19 // 1.5 MiB
 	clus := newCluster(t, &integration.ClusterConfig{Size: 3, ClientMaxCallRecvMsgSize: recvLimit})
 	ctx := testContext(t)
@@ -719,33 +715,33 @@ func edgeLargeCatchUp(t *testing.T, rawSize int) {
 	cut := (leader + 1) % 3
 	c, w := clus.Client(cut), clus.Client(leader)
 	const prefix = "/edge/large/"
-	keyOf := func(b *edgeBlob) string { return prefix + b.Name }
+	keyOf := func(b *namedBlob) string { return prefix + b.Name }
 
 	gate := make(chan struct{})
 	var once sync.Once
 	release := func() { once.Do(func() { close(gate) }) }
-	var rec recorder[*edgeBlob]
-	op := storage.NewWatchPrefixOp[*edgeBlob](c, prefix)
+	var rec recorder[*namedBlob]
+	op := storage.NewWatchPrefixOp[*namedBlob](c, prefix)
 	// A backlog of one: the library itself cancels the stream while the
 	// handler is blocked, so the catch-up below is its own resume.
 	storage.SetMaxPending(op, 1)
-	require.NoError(t, op.Watch(ctx, func(e *storage.Event[*edgeBlob]) error {
+	require.NoError(t, op.Watch(ctx, func(e *storage.Event[*namedBlob]) error {
 		if e.Key == prefix+"gate" {
 			<-gate
 		}
 		return rec.handle(e)
 	}))
-	cache := storage.NewCache[*edgeBlob](c, prefix, keyOf)
+	cache := storage.NewCache[*namedBlob](c, prefix, keyOf)
 	require.NoError(t, cache.Start(ctx))
 	t.Cleanup(func() {
 		release()
 		op.Close()
 		cache.Stop()
 	})
-	want := map[string]*edgeBlob{}
+	want := map[string]*namedBlob{}
 	var order []string
 	var revs []int64
-	write := func(b *edgeBlob) {
+	write := func(b *namedBlob) {
 		p := storage.NewPutOp(w, keyOf(b), b)
 		require.NoError(t, p.Exec(ctx))
 		want[keyOf(b)] = b
@@ -755,15 +751,15 @@ func edgeLargeCatchUp(t *testing.T, rawSize int) {
 
 	t.Logf("phase 1: block the handler on a small value through member %d; two more overflow its backlog of 1", cut)
 	for _, name := range []string{"gate", "filler-1", "filler-2"} {
-		write(&edgeBlob{Name: name})
+		write(&namedBlob{Name: name})
 	}
 	require.Eventually(t, func() bool { return storage.WatchRecovery(op).Backlogs >= 1 }, waitTimeout, 10*time.Millisecond,
-		"the backlog never cancelled the stream: %+v", edgeLazy(func() any { return storage.WatchRecovery(op) }))
+		"the backlog never cancelled the stream: %+v", lazy(func() any { return storage.WatchRecovery(op) }))
 
 	t.Logf("phase 2: stop member %d; write ten values of %d random bytes through member %d; restart it", cut, rawSize, leader)
 	clus.Members[cut].Stop(t)
 	for i := range 10 {
-		write(&edgeBlob{Name: fmt.Sprintf("big-%d", i), Data: edgeRandomBytes(t, rawSize)})
+		write(&namedBlob{Name: fmt.Sprintf("big-%d", i), Data: randomBytes(t, rawSize)})
 	}
 	kv, err := w.Get(ctx, prefix+"big-0")
 	require.NoError(t, err)
@@ -778,7 +774,7 @@ func edgeLargeCatchUp(t *testing.T, rawSize int) {
 		t.Fatalf("delivered %d of %d; recovery %+v; the cache answers %d of %d items, error %v (recovery %+v); "+
 			"a raw clientv3 watch (WithFragment) on the same client from the first big value gets: %s",
 			rec.len(), len(order), storage.WatchRecovery(op), len(cached), len(order), err, storage.CacheRecovery(cache),
-			edgeProbeWatch(ctx, c, prefix, revs[3]))
+			probeWatch(ctx, c, prefix, revs[3]))
 	}
 	got := rec.snapshot()
 	rc := storage.WatchRecovery(op)
@@ -802,22 +798,22 @@ func edgeLargeCatchUp(t *testing.T, rawSize int) {
 	assert.GreaterOrEqual(t, rc.Resumes, int64(1), "the library never resumed")
 
 	t.Log("phase 4: the cache over the same prefix converges")
-	require.Eventually(t, func() bool { return edgeCacheHolds(ctx, cache, keyOf, want) }, waitTimeout, 10*time.Millisecond,
-		"the cache never held every value; recovery %+v", edgeLazy(func() any { return storage.CacheRecovery(cache) }))
+	require.Eventually(t, func() bool { return holdsAll(ctx, cache, keyOf, want) }, waitTimeout, 10*time.Millisecond,
+		"the cache never held every value; recovery %+v", lazy(func() any { return storage.CacheRecovery(cache) }))
 	t.Logf("cache recovery %+v", storage.CacheRecovery(cache))
 
 	t.Log("phase 5: a cache started now reads the prefix in pages under the receive limit")
-	late := storage.NewCache[*edgeBlob](c, prefix, keyOf)
+	late := storage.NewCache[*namedBlob](c, prefix, keyOf)
 	require.NoError(t, late.Start(ctx))
 	defer late.Stop()
-	require.True(t, edgeCacheHolds(ctx, late, keyOf, want), "the late cache misses values")
-	edgeRequireNoWatchError(t, "the watch", op.Error())
-	edgeRequireNoWatchError(t, "the cache", cache.Error())
+	require.True(t, holdsAll(ctx, late, keyOf, want), "the late cache misses values")
+	requireNotStopped(t, "the watch", op.Error())
+	requireNotStopped(t, "the cache", cache.Error())
 }
 
-// edgeProbeWatch describes the first response of a raw clientv3 watch of
+// probeWatch describes the first response of a raw clientv3 watch of
 // prefix from rev with WithFragment, as the library's watch asks.
-func edgeProbeWatch(ctx context.Context, client *clientv3.Client, prefix string, rev int64) string {
+func probeWatch(ctx context.Context, client *clientv3.Client, prefix string, rev int64) string {
 	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	resp, ok := <-client.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev), clientv3.WithFragment())
@@ -827,8 +823,8 @@ func edgeProbeWatch(ctx context.Context, client *clientv3.Client, prefix string,
 	return fmt.Sprintf("%d events, error %v", len(resp.Events), resp.Err())
 }
 
-// edgeCacheHolds reports whether the cache holds exactly want.
-func edgeCacheHolds(ctx context.Context, cache storage.Cache[*edgeBlob], keyOf func(*edgeBlob) string, want map[string]*edgeBlob) bool {
+// holdsAll reports whether the cache holds exactly want.
+func holdsAll(ctx context.Context, cache storage.Cache[*namedBlob], keyOf func(*namedBlob) string, want map[string]*namedBlob) bool {
 	got, err := cache.GetPrefix("").Exec(ctx)
 	if err != nil || len(got) != len(want) {
 		return false
@@ -874,7 +870,7 @@ func TestEdgeUndecodableValueMidStreamIsAnErrorEventAndTheWatchGoesOn(t *testing
 			// steps checks that the cache's answers only move forward: once
 			// it answered a step, it never answers an earlier one (never the
 			// value from before the bad bytes, for one).
-			steps := &edgeCacheSteps{cache: cache, key: key}
+			steps := &stepReader{cache: cache, key: key}
 			require.Equal(t, 0, steps.await(t, 0), "the cache does not serve the first value")
 
 			t.Log("phase 1: raw bytes that cannot be decoded")
@@ -950,24 +946,24 @@ func TestEdgeUndecodableValueMidStreamIsAnErrorEventAndTheWatchGoesOn(t *testing
 				require.Equal(t, key, events[first+2].Key)
 				require.Equal(t, del.Revision(), events[first+2].Revision)
 			}
-			edgeRequireNoWatchError(t, "the watch", op.Error())
-			edgeRequireNoWatchError(t, "the late watch", lateOp.Error())
-			edgeRequireNoWatchError(t, "the cache", cache.Error())
-			edgeRequireNoWatchError(t, "the late cache", lateCache.Error())
+			requireNotStopped(t, "the watch", op.Error())
+			requireNotStopped(t, "the late watch", lateOp.Error())
+			requireNotStopped(t, "the cache", cache.Error())
+			requireNotStopped(t, "the late cache", lateCache.Error())
 		})
 	}
 }
 
-// edgeCacheSteps reads one key of a cache and classifies the answer: 0 the
+// stepReader reads one key of a cache and classifies the answer: 0 the
 // first value (port 1), 1 a decode error, 2 the second value (port 2), 3 not
 // found. Answers must never go back to an earlier step.
-type edgeCacheSteps struct {
+type stepReader struct {
 	cache storage.Cache[*host]
 	key   string
 	seen  int
 }
 
-func (s *edgeCacheSteps) step(t *testing.T) int {
+func (s *stepReader) step(t *testing.T) int {
 	t.Helper()
 	v, err := s.cache.Get(s.key).Exec(context.Background())
 	step := -1
@@ -990,7 +986,7 @@ func (s *edgeCacheSteps) step(t *testing.T) int {
 
 // await polls until the cache answers step want, checking every answer on
 // the way, and then a few more.
-func (s *edgeCacheSteps) await(t *testing.T, want int) int {
+func (s *stepReader) await(t *testing.T, want int) int {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for s.step(t) < want {
@@ -1006,21 +1002,21 @@ func (s *edgeCacheSteps) await(t *testing.T, want int) int {
 // --- 5. idle prefix ---
 
 func TestEdgeIdlePrefixWithProgressNotifyResumesWithoutReread(t *testing.T) {
-	edgeIdlePrefix(t, true)
+	idlePrefix(t, true)
 }
 
 func TestEdgeIdlePrefixWithoutProgressNotifyRereadsCorrectly(t *testing.T) {
-	edgeIdlePrefix(t, false)
+	idlePrefix(t, false)
 }
 
-// edgeIdlePrefix watches a prefix nobody writes while other keys churn and
+// idlePrefix watches a prefix nobody writes while other keys churn and
 // the cluster compacts past the watch's start; then the watch's member
 // restarts, and is paused long enough to cancel the stream (ErrNoLeader),
 // which makes the library resume from its own revision. With progress
 // notifications that revision has moved past the compaction and no re-read
 // is needed; without them the watch re-reads and delivers nothing, since
 // nothing changed.
-func edgeIdlePrefix(t *testing.T, progress bool) {
+func idlePrefix(t *testing.T, progress bool) {
 	// etcd keeps the interval in a process-wide variable that each member's
 	// watch server sets when the interval is non-zero: set it explicitly
 	// either way (10 minutes is etcd's default, so "off" for a test), and
@@ -1036,9 +1032,9 @@ func edgeIdlePrefix(t *testing.T, progress bool) {
 	watched := (leader + 1) % 3
 	wm, writer := clus.Members[watched], clus.Client(leader)
 	const prefix = "/edge/idle/"
-	var initial []edgeWrite
+	var initial []ackedWrite
 	for _, k := range []string{"a", "b", "c"} {
-		w, err := edgePut(ctx, writer, prefix+k, len(initial))
+		w, err := putAcked(ctx, writer, prefix+k, len(initial))
 		require.NoError(t, err)
 		initial = append(initial, w)
 	}
@@ -1054,7 +1050,7 @@ func edgeIdlePrefix(t *testing.T, progress bool) {
 	t.Log("phase 2: 200 writes to other keys, then compact past the watch's start")
 	var last int64
 	for i := range 200 {
-		w, err := edgePut(ctx, writer, fmt.Sprintf("/edge/busy/%03d", i%20), i)
+		w, err := putAcked(ctx, writer, fmt.Sprintf("/edge/busy/%03d", i%20), i)
 		require.NoError(t, err)
 		last = w.rev
 	}
@@ -1078,7 +1074,7 @@ func edgeIdlePrefix(t *testing.T, progress bool) {
 					return
 				case <-tick.C:
 				}
-				if _, err := edgePut(ctx, writer, "/edge/busy/after", i); err != nil {
+				if _, err := putAcked(ctx, writer, "/edge/busy/after", i); err != nil {
 					done <- err
 					return
 				}
@@ -1086,7 +1082,7 @@ func edgeIdlePrefix(t *testing.T, progress bool) {
 		}()
 		require.Eventually(t, func() bool { return storage.WatchRecovery(op).ProgressRev >= last }, waitTimeout, 10*time.Millisecond,
 			"no progress notification moved the watch past the compaction at %d: %+v", last,
-			edgeLazy(func() any { return storage.WatchRecovery(op) }))
+			lazy(func() any { return storage.WatchRecovery(op) }))
 		close(stop)
 		require.NoError(t, <-done)
 	} else {
@@ -1107,23 +1103,23 @@ func edgeIdlePrefix(t *testing.T, progress bool) {
 	paused := time.Now()
 	require.Eventually(t, func() bool { return storage.WatchRecovery(op).Resumes > resumes }, waitTimeout, 10*time.Millisecond,
 		"the library never resumed while member %d was paused (recovery %v)", watched,
-		edgeLazy(func() any { return storage.WatchRecovery(op) }))
+		lazy(func() any { return storage.WatchRecovery(op) }))
 	t.Logf("resumed after a pause of %v", time.Since(paused).Round(time.Millisecond))
 	wm.Resume()
 	clus.WaitLeader(t)
 
 	t.Log("phase 5: a write to the idle prefix arrives exactly once")
-	w, err := edgePut(ctx, writer, prefix+"d", 99)
+	w, err := putAcked(ctx, writer, prefix+"d", 99)
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { return rec.lastRev() >= w.rev }, waitTimeout, 10*time.Millisecond,
-		"the write never arrived; recovery %+v", edgeLazy(func() any { return storage.WatchRecovery(op) }))
+		"the write never arrived; recovery %+v", lazy(func() any { return storage.WatchRecovery(op) }))
 	got := rec.snapshot()
 	for i := range initial {
 		initial[i].rev = start // items of the first read carry its revision
 	}
 	// A re-read of an unchanged prefix delivers nothing: any extra event
 	// here is a spurious one.
-	edgeRequireEvents(t, append(initial, w), got)
+	requireAckedEvents(t, append(initial, w), got)
 	rc := storage.WatchRecovery(op)
 	t.Logf("recovery %+v", rc)
 	// Phase 4 forced a resume; which recovery it then took is what the
@@ -1135,28 +1131,28 @@ func edgeIdlePrefix(t *testing.T, progress bool) {
 	} else {
 		assert.GreaterOrEqual(t, rc.Relists, int64(1), "the watch never re-read, yet it resumed from a compacted revision")
 	}
-	edgeRequireNoWatchError(t, "the watch", op.Error())
+	requireNotStopped(t, "the watch", op.Error())
 }
 
 // --- 6. list/watch handoff ---
 
 func TestEdgeListWatchHandoffDeliversEachWriteOnce(t *testing.T) {
 	verifyNoLeaks(t)
-	srv := edgeServer(t)
-	client, writerClient := srv.Client(), edgeClient(t, srv)
+	srv := newServer(t)
+	client, writerClient := srv.Client(), newServerClient(t, srv)
 	ctx := testContext(t)
 	const prefix = "/edge/handoff/"
 	const keys = 20
-	watches := edgeScale(t, "EDGE_HANDOFF_WATCHES", 200)
+	watches := scaled(t, "EDGE_HANDOFF_WATCHES", 200)
 
 	// The anchor never changes: every first read has an item, whose
 	// revision is the read's.
-	var log edgeWriteLog
-	w, err := edgePut(ctx, writerClient, prefix+"anchor", -1)
+	var log ackedLog
+	w, err := putAcked(ctx, writerClient, prefix+"anchor", -1)
 	require.NoError(t, err)
 	log.add(w)
 	for k := range keys {
-		w, err := edgePut(ctx, writerClient, fmt.Sprintf("%sk%02d", prefix, k), k)
+		w, err := putAcked(ctx, writerClient, fmt.Sprintf("%sk%02d", prefix, k), k)
 		require.NoError(t, err)
 		log.add(w)
 	}
@@ -1175,7 +1171,7 @@ func TestEdgeListWatchHandoffDeliversEachWriteOnce(t *testing.T) {
 					}
 					key := fmt.Sprintf("%sk%02d", prefix, j%keys)
 					if j%5 == 4 {
-						w, ok, err := edgeDelete(ctx, writerClient, key)
+						w, ok, err := deleteAcked(ctx, writerClient, key)
 						if err != nil {
 							return err
 						}
@@ -1184,7 +1180,7 @@ func TestEdgeListWatchHandoffDeliversEachWriteOnce(t *testing.T) {
 						}
 						continue
 					}
-					w, err := edgePut(ctx, writerClient, key, j)
+					w, err := putAcked(ctx, writerClient, key, j)
 					if err != nil {
 						return err
 					}
@@ -1241,17 +1237,17 @@ func TestEdgeListWatchHandoffDeliversEachWriteOnce(t *testing.T) {
 		}
 		items := map[string]int{}
 		for _, e := range got[:n] {
-			require.Equalf(t, storage.EventTypePut, e.Type, "watch %d: first read item %s", i, edgeDescribe(e))
+			require.Equalf(t, storage.EventTypePut, e.Type, "watch %d: first read item %s", i, describeEvent(e))
 			items[e.Key] = e.Value.Port
 		}
 		require.Equalf(t, state, items, "watch %d: its first read (revision %d) is not etcd's state then", i, read)
-		edgeRequireEvents(t, writes[split:], got[n:])
+		requireAckedEvents(t, writes[split:], got[n:])
 		events += len(got) - n
 	}
 	t.Logf("%d watches: first reads at %d distinct revisions from %d to %d, %d events in all", watches, len(reads),
 		recs[0].snapshot()[0].Revision, recs[watches-1].snapshot()[0].Revision, events)
 	for i, op := range ops {
-		edgeRequireNoWatchError(t, fmt.Sprintf("watch %d", i), op.Error())
+		requireNotStopped(t, fmt.Sprintf("watch %d", i), op.Error())
 	}
 }
 
@@ -1266,21 +1262,21 @@ func TestEdgeTTLHoldsAcrossLeaderKill(t *testing.T) {
 	const ttl = 3 * time.Second
 
 	t.Logf("phase 1: a key with TTL %v on a healthy cluster is gone within its bound", ttl)
-	o := edgeTTLObservation{key: "/edge/ttl/healthy", ttl: ttl, sent: time.Now()}
+	o := ttlObservation{key: "/edge/ttl/healthy", ttl: ttl, sent: time.Now()}
 	require.NoError(t, storage.NewPutOp(client, o.key, &host{Name: "healthy"}).WithTTL(ttl).Exec(ctx))
-	edgeCheckLease(ctx, t, client, o.key, ttl)
-	o = edgeObserveTTL(ctx, client, o, o.sent.Add(edgeTTLBound(ttl)+edgeTTLPatience))
-	edgeCheckTTL(t, o, edgeTTLBound(ttl))
+	checkLease(ctx, t, client, o.key, ttl)
+	o = observeTTL(ctx, client, o, o.sent.Add(ttlBound(ttl)+ttlPatience))
+	requireTTLBound(t, o, ttlBound(ttl))
 
 	t.Logf("phase 2: a key with TTL %v; stop the leader (member %d) halfway", ttl, leader)
-	o = edgeTTLObservation{key: "/edge/ttl/leader-killed", ttl: ttl, sent: time.Now()}
+	o = ttlObservation{key: "/edge/ttl/leader-killed", ttl: ttl, sent: time.Now()}
 	require.NoError(t, storage.NewPutOp(client, o.key, &host{Name: "killed"}).WithTTL(ttl).Exec(ctx))
-	edgeCheckLease(ctx, t, client, o.key, ttl)
-	observed := make(chan edgeTTLObservation, 1)
+	checkLease(ctx, t, client, o.key, ttl)
+	observed := make(chan ttlObservation, 1)
 	// A new leader restarts every lease at its full TTL (ceil(3.5 s) = 4 s),
 	// so the key may live up to about 1.5 s + election + 4 s + 0.5 s.
 	go func() {
-		observed <- edgeObserveTTL(ctx, client, o, o.sent.Add(ttl/2+edgeTTLBound(ttl)+edgeTTLPatience))
+		observed <- observeTTL(ctx, client, o, o.sent.Add(ttl/2+ttlBound(ttl)+ttlPatience))
 	}()
 	time.Sleep(time.Until(o.sent.Add(ttl / 2))) // when the fault starts, not a synchronisation
 	clus.Members[leader].Stop(t)
@@ -1293,7 +1289,7 @@ func TestEdgeTTLHoldsAcrossLeaderKill(t *testing.T) {
 	}
 	clus.WaitMembersForLeader(t, live)
 	o = <-observed
-	edgeCheckTTL(t, o, killed.Sub(o.sent)+edgeTTLBound(ttl))
+	requireTTLBound(t, o, killed.Sub(o.sent)+ttlBound(ttl))
 	// The new leader restarted the lease at its full TTL, so the key lives
 	// at least that long after the kill: a read after the kill must find it.
 	assert.Truef(t, o.lastPresentStart.After(killed), "the key was not seen after the leader's stop (last seen %v after Exec, stop at %v)",
@@ -1306,20 +1302,20 @@ func TestEdgeTTLHoldsAcrossLeaderKill(t *testing.T) {
 
 // --- 8. many watches, one client, heavy reads ---
 
-// edgeLoadBlobs stores n values of size random bytes under prefix.
-func edgeLoadBlobs(ctx context.Context, t testing.TB, client *clientv3.Client, prefix string, n, size int) {
+// loadBlobs stores n values of size random bytes under prefix.
+func loadBlobs(ctx context.Context, t testing.TB, client *clientv3.Client, prefix string, n, size int) {
 	t.Helper()
 	for i := range n {
-		b := &edgeBlob{Name: strconv.Itoa(i), Data: edgeRandomBytes(t, size)}
+		b := &namedBlob{Name: strconv.Itoa(i), Data: randomBytes(t, size)}
 		require.NoError(t, storage.NewPutOp(client, fmt.Sprintf("%s%03d", prefix, i), b).Exec(ctx))
 	}
 }
 
-// edgeReadLoop reads prefix with client until ctx ends, counting the reads
+// readLoop reads prefix with client until ctx ends, counting the reads
 // done in reads; it returns the first error.
-func edgeReadLoop(ctx context.Context, client *clientv3.Client, prefix string, reads *atomic.Int64) error {
+func readLoop(ctx context.Context, client *clientv3.Client, prefix string, reads *atomic.Int64) error {
 	for ctx.Err() == nil {
-		if _, err := storage.NewGetPrefixOp[*edgeBlob](client, prefix).Exec(ctx); err != nil {
+		if _, err := storage.NewGetPrefixOp[*namedBlob](client, prefix).Exec(ctx); err != nil {
 			if ctx.Err() != nil {
 				break
 			}
@@ -1330,9 +1326,9 @@ func edgeReadLoop(ctx context.Context, client *clientv3.Client, prefix string, r
 	return nil
 }
 
-// edgeRawReadLoop is edgeReadLoop with the raw client: bytes only, no
+// rawReadLoop is readLoop with the raw client: bytes only, no
 // decoding.
-func edgeRawReadLoop(ctx context.Context, client *clientv3.Client, prefix string, reads *atomic.Int64) error {
+func rawReadLoop(ctx context.Context, client *clientv3.Client, prefix string, reads *atomic.Int64) error {
 	for ctx.Err() == nil {
 		if _, err := client.Get(ctx, prefix, clientv3.WithPrefix()); err != nil {
 			if ctx.Err() != nil {
@@ -1345,13 +1341,13 @@ func edgeRawReadLoop(ctx context.Context, client *clientv3.Client, prefix string
 	return nil
 }
 
-// edgeArrivals records when each port arrived at one watch.
-type edgeArrivals struct {
+// arrivalLog records when each port arrived at one watch.
+type arrivalLog struct {
 	mu sync.Mutex // protects at
 	at map[int]time.Time
 }
 
-func (a *edgeArrivals) handle(e *storage.Event[*host]) error {
+func (a *arrivalLog) handle(e *storage.Event[*host]) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if e.Type == storage.EventTypePut {
@@ -1363,7 +1359,7 @@ func (a *edgeArrivals) handle(e *storage.Event[*host]) error {
 	return nil
 }
 
-func (a *edgeArrivals) count() int {
+func (a *arrivalLog) count() int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return len(a.at)
@@ -1371,19 +1367,19 @@ func (a *edgeArrivals) count() int {
 
 func TestEdgeManyWatchesOnOneClientWithHeavyReadsGetEveryEvent(t *testing.T) {
 	verifyNoLeaks(t)
-	srv := edgeServer(t)
-	client, writer := srv.Client(), edgeClient(t, srv)
+	srv := newServer(t)
+	client, writer := srv.Client(), newServerClient(t, srv)
 	ctx := testContext(t)
 	const blobs, watched = "/edge/heavy/blobs/", "/edge/heavy/watched/"
 	const writes = 100
-	watches := edgeScale(t, "EDGE_HEAVY_WATCHES", 100)
-	edgeLoadBlobs(ctx, t, writer, blobs, 200, 16<<10)
+	watches := scaled(t, "EDGE_HEAVY_WATCHES", 100)
+	loadBlobs(ctx, t, writer, blobs, 200, 16<<10)
 
 	t.Logf("phase 1: %d watches and a cache on one client", watches)
 	ops := make([]storage.WatchOp[*host], watches)
-	arrivals := make([]*edgeArrivals, watches)
+	arrivals := make([]*arrivalLog, watches)
 	for i := range watches {
-		arrivals[i] = &edgeArrivals{at: map[int]time.Time{}}
+		arrivals[i] = &arrivalLog{at: map[int]time.Time{}}
 		ops[i] = storage.NewWatchPrefixOp[*host](client, watched)
 		t.Cleanup(ops[i].Close)
 		require.NoError(t, ops[i].Watch(ctx, arrivals[i].handle))
@@ -1396,20 +1392,20 @@ func TestEdgeManyWatchesOnOneClientWithHeavyReadsGetEveryEvent(t *testing.T) {
 	rctx, stopReads := context.WithCancel(ctx)
 	var decodedReads, rawReads atomic.Int64
 	decodedDone, rawDone := make(chan error, 1), make(chan error, 1)
-	go func() { decodedDone <- edgeReadLoop(rctx, client, blobs, &decodedReads) }()
-	go func() { rawDone <- edgeRawReadLoop(rctx, client, blobs, &rawReads) }()
+	go func() { decodedDone <- readLoop(rctx, client, blobs, &decodedReads) }()
+	go func() { rawDone <- rawReadLoop(rctx, client, blobs, &rawReads) }()
 	defer stopReads()
 	// The writes start once both loops are under way, however long a 3 MiB
 	// read takes on this machine: the loops then run through every write.
 	require.Eventually(t, func() bool { return decodedReads.Load() >= 1 && rawReads.Load() >= 1 }, 60*time.Second, 10*time.Millisecond,
-		"the read loops never completed a read (%v decoded, %v raw)", edgeLazy(func() any { return decodedReads.Load() }),
-		edgeLazy(func() any { return rawReads.Load() }))
+		"the read loops never completed a read (%v decoded, %v raw)", lazy(func() any { return decodedReads.Load() }),
+		lazy(func() any { return rawReads.Load() }))
 	sent := make([]time.Time, writes)
 	tick := time.NewTicker(20 * time.Millisecond)
 	for i := range writes {
 		<-tick.C // the writer's pace
 		sent[i] = time.Now()
-		_, err := edgePut(ctx, writer, fmt.Sprintf("%s%02d", watched, i), i)
+		_, err := putAcked(ctx, writer, fmt.Sprintf("%s%02d", watched, i), i)
 		require.NoError(t, err)
 	}
 	tick.Stop()
@@ -1445,9 +1441,9 @@ func TestEdgeManyWatchesOnOneClientWithHeavyReadsGetEveryEvent(t *testing.T) {
 	t.Logf("%d deliveries during %d + %d heavy reads: p50 %v, p99 %v, max %v", len(lat), decodedReads.Load(), rawReads.Load(),
 		lat[len(lat)/2].Round(time.Microsecond), lat[len(lat)*99/100].Round(time.Microsecond), lat[len(lat)-1].Round(time.Microsecond))
 	for i, op := range ops {
-		edgeRequireNoWatchError(t, fmt.Sprintf("watch %d", i), op.Error())
+		requireNotStopped(t, fmt.Sprintf("watch %d", i), op.Error())
 	}
-	edgeRequireNoWatchError(t, "the cache", cache.Error())
+	requireNotStopped(t, "the cache", cache.Error())
 }
 
 // BenchmarkWatchDeliveryLatency measures the time from a write to its
@@ -1464,13 +1460,13 @@ func BenchmarkWatchDeliveryLatency(b *testing.B) {
 		{name: "clientv3/idle", raw: true},
 		{name: "clientv3/heavy-reads", heavy: true, raw: true},
 	} {
-		b.Run(bc.name, func(b *testing.B) { edgeBenchDelivery(b, bc.heavy, bc.raw) })
+		b.Run(bc.name, func(b *testing.B) { benchDelivery(b, bc.heavy, bc.raw) })
 	}
 }
 
-func edgeBenchDelivery(b *testing.B, heavy, raw bool) {
-	srv := edgeServer(b)
-	client, writer := srv.Client(), edgeClient(b, srv)
+func benchDelivery(b *testing.B, heavy, raw bool) {
+	srv := newServer(b)
+	client, writer := srv.Client(), newServerClient(b, srv)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -1503,15 +1499,15 @@ func edgeBenchDelivery(b *testing.B, heavy, raw bool) {
 		defer op.Close()
 	}
 	if heavy {
-		edgeLoadBlobs(ctx, b, writer, blobs, 200, 16<<10)
+		loadBlobs(ctx, b, writer, blobs, 200, 16<<10)
 		var reads atomic.Int64
-		wg.Go(func() { _ = edgeReadLoop(ctx, client, blobs, &reads) })
+		wg.Go(func() { _ = readLoop(ctx, client, blobs, &reads) })
 	}
 	lat := make([]time.Duration, 0, b.N)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		start := time.Now()
-		if _, err := writer.Put(ctx, prefix+"k", edgeHostJSON("bench", i)); err != nil {
+		if _, err := writer.Put(ctx, prefix+"k", rawHostJSON("bench", i)); err != nil {
 			b.Fatal(err)
 		}
 		select {

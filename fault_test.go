@@ -25,13 +25,13 @@ import (
 // resume on its own (dropped connection, restart) the counters may stay 0 and
 // the tests assert exactly-once, in-order delivery only.
 
-// faultSeqKey is the key of write number i of a sequence under prefix.
-func faultSeqKey(prefix string, i int) string { return fmt.Sprintf("%s%03d", prefix, i) }
+// seqKey is the key of write number i of a sequence under prefix.
+func seqKey(prefix string, i int) string { return fmt.Sprintf("%s%03d", prefix, i) }
 
-// faultRetry runs op until it succeeds or ctx ends, each attempt bounded to a
+// retryWrite runs op until it succeeds or ctx ends, each attempt bounded to a
 // second: through a healthy member a write fails only while a new leader is
 // elected (the stopped or partitioned member may have been the leader).
-func faultRetry(ctx context.Context, op func(ctx context.Context) error) error {
+func retryWrite(ctx context.Context, op func(ctx context.Context) error) error {
 	for {
 		actx, cancel := context.WithTimeout(ctx, time.Second)
 		err := op(actx)
@@ -47,18 +47,18 @@ func faultRetry(ctx context.Context, op func(ctx context.Context) error) error {
 	}
 }
 
-// faultCreateSeq writes keys from..to of a sequence under prefix, in order,
+// createSeq writes keys from..to of a sequence under prefix, in order,
 // through client. Each write creates its key only if it is absent, so a retry
 // of a write whose outcome was lost never writes it twice: the sequence in
 // etcd is exactly from..to, one revision each.
-func faultCreateSeq(ctx context.Context, client *clientv3.Client, prefix string, from, to int) error {
+func createSeq(ctx context.Context, client *clientv3.Client, prefix string, from, to int) error {
 	for i := from; i <= to; i++ {
-		key := faultSeqKey(prefix, i)
+		key := seqKey(prefix, i)
 		val, err := json.Marshal(host{Name: key, Port: i})
 		if err != nil {
 			return err
 		}
-		err = faultRetry(ctx, func(ctx context.Context) error {
+		err = retryWrite(ctx, func(ctx context.Context) error {
 			_, err := client.Txn(ctx).
 				If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 				Then(clientv3.OpPut(key, string(val))).
@@ -72,26 +72,26 @@ func faultCreateSeq(ctx context.Context, client *clientv3.Client, prefix string,
 	return nil
 }
 
-// faultGoCreateSeq runs faultCreateSeq in a goroutine; the test must receive
+// goCreateSeq runs createSeq in a goroutine; the test must receive
 // from the returned channel (the goroutine ends with that send).
-func faultGoCreateSeq(ctx context.Context, client *clientv3.Client, prefix string, from, to int) <-chan error {
+func goCreateSeq(ctx context.Context, client *clientv3.Client, prefix string, from, to int) <-chan error {
 	done := make(chan error, 1)
-	go func() { done <- faultCreateSeq(ctx, client, prefix, from, to) }()
+	go func() { done <- createSeq(ctx, client, prefix, from, to) }()
 	return done
 }
 
-// requireFaultSeq checks that events are exactly the creates of keys 1..n of
+// requireSeq checks that events are exactly the creates of keys 1..n of
 // the sequence under prefix, in order, each once, at increasing revisions:
 // nothing lost, nothing repeated, nothing reordered.
-func requireFaultSeq(t *testing.T, events []storage.Event[*host], prefix string, n int) {
+func requireSeq(t *testing.T, events []storage.Event[*host], prefix string, n int) {
 	t.Helper()
 	want := make([]string, n)
 	for i := range want {
-		want[i] = fmt.Sprintf("put create=true %s port=%d", faultSeqKey(prefix, i+1), i+1)
+		want[i] = fmt.Sprintf("put create=true %s port=%d", seqKey(prefix, i+1), i+1)
 	}
 	got := make([]string, len(events))
 	for i, e := range events {
-		got[i] = fmt.Sprintf("%s create=%t %s port=%d", e.Type, e.IsCreate, e.Key, faultPort(e))
+		got[i] = fmt.Sprintf("%s create=%t %s port=%d", e.Type, e.IsCreate, e.Key, portOf(e))
 	}
 	require.Equal(t, want, got, "the handler must see every write exactly once, in order")
 	for i := 1; i < len(events); i++ {
@@ -99,16 +99,16 @@ func requireFaultSeq(t *testing.T, events []storage.Event[*host], prefix string,
 	}
 }
 
-func faultPort(e storage.Event[*host]) int {
+func portOf(e storage.Event[*host]) int {
 	if e.Value == nil {
 		return -1
 	}
 	return e.Value.Port
 }
 
-// faultNoError checks that nothing was reported on errc: every fault of these
+// requireNoFault checks that nothing was reported on errc: every fault of these
 // tests is recoverable, and a recoverable fault is not an error.
-func faultNoError(t *testing.T, errc <-chan error) {
+func requireNoFault(t *testing.T, errc <-chan error) {
 	t.Helper()
 	select {
 	case err := <-errc:
@@ -117,9 +117,9 @@ func faultNoError(t *testing.T, errc <-chan error) {
 	}
 }
 
-// faultMemberClient returns a client of the given endpoints, closed when the
+// memberClient returns a client of the given endpoints, closed when the
 // test ends (its logger writes through t).
-func faultMemberClient(t *testing.T, endpoints ...string) *clientv3.Client {
+func memberClient(t *testing.T, endpoints ...string) *clientv3.Client {
 	t.Helper()
 	client, err := integration.NewClient(t, clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second})
 	require.NoError(t, err)
@@ -140,27 +140,27 @@ func TestFaultWatchDeliversEveryWriteOnceAcrossAMemberRestart(t *testing.T) {
 	t.Cleanup(w.Close)
 
 	t.Log("phase 1: writes 1-50 with every member up")
-	require.NoError(t, faultCreateSeq(ctx, writer, prefix, 1, 50))
+	require.NoError(t, createSeq(ctx, writer, prefix, 1, 50))
 	log.waitFor(t, 50)
 
 	t.Log("phase 2: stop the watching client's member 0 while writes 51-100 go on through member 1")
-	done := faultGoCreateSeq(ctx, writer, prefix, 51, 100)
+	done := goCreateSeq(ctx, writer, prefix, 51, 100)
 	member.Stop(t)
 	require.NoError(t, <-done)
 
 	t.Log("phase 3: writes 101-150 while member 0 is down")
-	require.NoError(t, faultCreateSeq(ctx, writer, prefix, 101, 150))
+	require.NoError(t, createSeq(ctx, writer, prefix, 101, 150))
 
 	t.Log("phase 4: restart member 0 while writes 151-200 go on")
-	done = faultGoCreateSeq(ctx, writer, prefix, 151, 200)
+	done = goCreateSeq(ctx, writer, prefix, 151, 200)
 	require.NoError(t, member.Restart(t))
 	require.NoError(t, <-done)
 
 	t.Log("phase 5: write 201 after recovery; a repeated event would arrive before it")
-	require.NoError(t, faultCreateSeq(ctx, writer, prefix, 201, 201))
-	require.Eventually(t, func() bool { return log.has(faultSeqKey(prefix, 201)) }, waitTimeout, 10*time.Millisecond)
-	requireFaultSeq(t, log.all(), prefix, 201)
-	faultNoError(t, w.Error())
+	require.NoError(t, createSeq(ctx, writer, prefix, 201, 201))
+	require.Eventually(t, func() bool { return log.has(seqKey(prefix, 201)) }, waitTimeout, 10*time.Millisecond)
+	requireSeq(t, log.all(), prefix, 201)
+	requireNoFault(t, w.Error())
 	// clientv3 resumes a watch across a member restart by itself, so Resumes
 	// may stay 0 here; the claim is exactly-once, in-order delivery.
 	t.Logf("recovery: %+v", storage.WatchRecovery(w))
@@ -180,30 +180,30 @@ func TestFaultWatchDeliversEveryWriteOnceAcrossDroppedAndBlackholedConnections(t
 	t.Cleanup(w.Close)
 
 	t.Log("phase 1: writes 1-50 with every connection up")
-	require.NoError(t, faultCreateSeq(ctx, writer, prefix, 1, 50))
+	require.NoError(t, createSeq(ctx, writer, prefix, 1, 50))
 	log.waitFor(t, 50)
 
 	t.Log("phase 2: drop member 0's client connections while writes 51-100 go on")
-	done := faultGoCreateSeq(ctx, writer, prefix, 51, 100)
+	done := goCreateSeq(ctx, writer, prefix, 51, 100)
 	member.Bridge().DropConnections()
 	require.NoError(t, <-done)
 	log.waitFor(t, 100)
 
 	t.Log("phase 3: blackhole member 0's client traffic; writes 101-150 meanwhile")
 	member.Bridge().Blackhole()
-	require.NoError(t, faultCreateSeq(ctx, writer, prefix, 101, 150))
+	require.NoError(t, createSeq(ctx, writer, prefix, 101, 150))
 	t.Logf("delivered while blackholed: %d of 150", log.len())
 
 	t.Log("phase 4: unblackhole (the bridge drops the stalled connections) while writes 151-200 go on")
-	done = faultGoCreateSeq(ctx, writer, prefix, 151, 200)
+	done = goCreateSeq(ctx, writer, prefix, 151, 200)
 	member.Bridge().Unblackhole()
 	require.NoError(t, <-done)
 
 	t.Log("phase 5: write 201 after recovery; a repeated event would arrive before it")
-	require.NoError(t, faultCreateSeq(ctx, writer, prefix, 201, 201))
-	require.Eventually(t, func() bool { return log.has(faultSeqKey(prefix, 201)) }, waitTimeout, 10*time.Millisecond)
-	requireFaultSeq(t, log.all(), prefix, 201)
-	faultNoError(t, w.Error())
+	require.NoError(t, createSeq(ctx, writer, prefix, 201, 201))
+	require.Eventually(t, func() bool { return log.has(seqKey(prefix, 201)) }, waitTimeout, 10*time.Millisecond)
+	requireSeq(t, log.all(), prefix, 201)
+	requireNoFault(t, w.Error())
 	// clientv3 re-dials and resumes after dropped connections by itself, so
 	// Resumes may stay 0 here; the claim is exactly-once, in-order delivery.
 	t.Logf("recovery: %+v", storage.WatchRecovery(w))
@@ -213,11 +213,11 @@ func TestFaultWatchLeavesAPartitionedMemberAndDeliversWritesMadeDuringThePartiti
 	clus := newCluster(t, &integration.ClusterConfig{Size: 3, WatchProgressNotifyInterval: 100 * time.Millisecond})
 	ctx := testContext(t)
 	for i := range clus.Members {
-		faultPartitionRound(ctx, t, clus, i)
+		partitionRound(ctx, t, clus, i)
 	}
 }
 
-// faultPartitionRound cuts member i off from its peers while a watch is
+// partitionRound cuts member i off from its peers while a watch is
 // served by it. The watching client knows all three endpoints, but it is
 // created with member i's alone and given the others once the watch stream is
 // open there (gRPC keeps a connection whose address stays in the list), so
@@ -225,7 +225,7 @@ func TestFaultWatchLeavesAPartitionedMemberAndDeliversWritesMadeDuringThePartiti
 // i ends it with ErrNoLeader, the library resumes (Resumes moves), and the
 // resumed watch, on a healthy member, delivers the writes made during the
 // partition before it heals.
-func faultPartitionRound(ctx context.Context, t *testing.T, clus *integration.Cluster, i int) {
+func partitionRound(ctx context.Context, t *testing.T, clus *integration.Cluster, i int) {
 	member := clus.Members[i]
 	var others []*integration.Member
 	for j, m := range clus.Members {
@@ -237,12 +237,12 @@ func faultPartitionRound(ctx context.Context, t *testing.T, clus *integration.Cl
 	prefix := fmt.Sprintf("/part/%d/", i)
 
 	t.Logf("round %d, phase 1: watch through member %d, then give the client every endpoint", i, i)
-	client := faultMemberClient(t, member.GRPCURL)
+	client := memberClient(t, member.GRPCURL)
 	var log recorder[*host]
 	w := storage.NewWatchPrefixOp[*host](client, prefix)
 	require.NoError(t, w.Watch(ctx, log.handle))
 	defer w.Close()
-	require.NoError(t, faultCreateSeq(ctx, writer, prefix, 1, 10))
+	require.NoError(t, createSeq(ctx, writer, prefix, 1, 10))
 	log.waitFor(t, 10) // the watch stream is open on member i
 	endpoints := []string{member.GRPCURL}
 	for _, m := range others {
@@ -253,7 +253,7 @@ func faultPartitionRound(ctx context.Context, t *testing.T, clus *integration.Cl
 
 	t.Logf("round %d, phase 2: partition member %d; writes 11-20 through a healthy member", i, i)
 	member.InjectPartition(t, others...)
-	require.NoError(t, faultCreateSeq(ctx, writer, prefix, 11, 20))
+	require.NoError(t, createSeq(ctx, writer, prefix, 11, 20))
 	written := time.Now()
 	// The partition holds until they arrive (or waitTimeout): how soon
 	// member i notices it lost its leader depends on the machine's speed.
@@ -267,10 +267,10 @@ func faultPartitionRound(ctx context.Context, t *testing.T, clus *integration.Cl
 	t.Logf("round %d, phase 3: heal the partition; write 21", i)
 	member.RecoverPartition(t, others...)
 	clus.WaitLeader(t)
-	require.NoError(t, faultCreateSeq(ctx, writer, prefix, 21, 21))
+	require.NoError(t, createSeq(ctx, writer, prefix, 21, 21))
 	log.waitFor(t, 21)
-	requireFaultSeq(t, log.all(), prefix, 21)
-	faultNoError(t, w.Error())
+	requireSeq(t, log.all(), prefix, 21)
+	requireNoFault(t, w.Error())
 	t.Logf("round %d recovery: before %+v, after %+v", i, before, storage.WatchRecovery(w))
 }
 
@@ -286,7 +286,7 @@ func TestFaultWatchAndCacheCatchUpAfterACompactionWhileAway(t *testing.T) {
 		val, err := json.Marshal(host{Name: name, Port: port})
 		require.NoError(t, err)
 		var rev int64
-		require.NoError(t, faultRetry(ctx, func(ctx context.Context) error {
+		require.NoError(t, retryWrite(ctx, func(ctx context.Context) error {
 			resp, err := writer.Put(ctx, key(name), string(val))
 			if err == nil {
 				rev = resp.Header.Revision
@@ -297,7 +297,7 @@ func TestFaultWatchAndCacheCatchUpAfterACompactionWhileAway(t *testing.T) {
 	}
 	deleteKey := func(name string) {
 		t.Helper()
-		require.NoError(t, faultRetry(ctx, func(ctx context.Context) error {
+		require.NoError(t, retryWrite(ctx, func(ctx context.Context) error {
 			_, err := writer.Delete(ctx, key(name))
 			return err
 		}))
@@ -307,7 +307,7 @@ func TestFaultWatchAndCacheCatchUpAfterACompactionWhileAway(t *testing.T) {
 	for i := range 20 {
 		putHost(fmt.Sprintf("k%02d", i), i)
 	}
-	client := faultMemberClient(t, member.GRPCURL)
+	client := memberClient(t, member.GRPCURL)
 	var log recorder[*host]
 	w := storage.NewWatchPrefixOp[*host](client, prefix)
 	require.NoError(t, w.Watch(ctx, log.handle))
@@ -356,7 +356,7 @@ func TestFaultWatchAndCacheCatchUpAfterACompactionWhileAway(t *testing.T) {
 		compactRev = putHost(name, 500+i)
 		want[key(name)] = fmt.Sprintf("put create=true port=%d", 500+i)
 	}
-	require.NoError(t, faultRetry(ctx, func(ctx context.Context) error {
+	require.NoError(t, retryWrite(ctx, func(ctx context.Context) error {
 		_, err := writer.Compact(ctx, compactRev, clientv3.WithCompactPhysical())
 		if errors.Is(err, rpctypes.ErrCompacted) {
 			return nil // an earlier attempt compacted
@@ -380,7 +380,7 @@ func TestFaultWatchAndCacheCatchUpAfterACompactionWhileAway(t *testing.T) {
 		require.NotContains(t, got, e.Key, "%s delivered twice after the restart", e.Key)
 		got[e.Key] = string(e.Type)
 		if e.Type == storage.EventTypePut {
-			got[e.Key] = fmt.Sprintf("put create=%t port=%d", e.IsCreate, faultPort(e))
+			got[e.Key] = fmt.Sprintf("put create=%t port=%d", e.IsCreate, portOf(e))
 		}
 	}
 	require.Equal(t, want, got, "after the compaction the watch delivers what changed, once each")
@@ -420,8 +420,8 @@ func TestFaultWatchAndCacheCatchUpAfterACompactionWhileAway(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, fresh, items)
 	require.GreaterOrEqual(t, storage.CacheRecovery(c).Relists, int64(1), "the cache must have re-read")
-	faultNoError(t, w.Error())
-	faultNoError(t, c.Error())
+	requireNoFault(t, w.Error())
+	requireNoFault(t, c.Error())
 	t.Logf("recovery: watch %+v, cache %+v", storage.WatchRecovery(w), storage.CacheRecovery(c))
 }
 
@@ -430,7 +430,7 @@ func TestFaultClosedClientStopsAWatchAndACacheWithOneErrorEach(t *testing.T) {
 	ctx := testContext(t)
 	const prefix = "/closed/"
 	put(t, clus.Client(1), prefix+"a", `{"name":"a"}`)
-	client := faultMemberClient(t, clus.Endpoints()...)
+	client := memberClient(t, clus.Endpoints()...)
 
 	t.Log("phase 1: a watch and a cache run on the client")
 	var log recorder[*host]

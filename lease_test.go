@@ -18,7 +18,7 @@ import (
 // again once with a fresh lease, however many run at once, and the fresh
 // lease is granted once and shared by all of them.
 func TestTTLPutsAfterTheSharedLeaseIsRevokedAllSucceed(t *testing.T) {
-	s := newCacheServer(t)
+	s := newServer(t)
 	client := s.Client()
 	other := newExtraClient(t, s, clientv3.Config{DialTimeout: 5 * time.Second})
 	ctx := testContext(t)

@@ -154,7 +154,7 @@ func TestLifecycleConcurrentClosesAllWaitForTheRunToExit(t *testing.T) {
 		}
 	})
 	require.NoError(t, op.Watch(ctx, b.handle))
-	watchPut(t, c, "/lc/block", "b")
+	putNamed(t, c, "/lc/block", "b")
 	waitSignal(t, b.blocked, "handler blocked")
 
 	t.Log("phase 1: two Close calls while the handler blocks; neither may return")
@@ -199,7 +199,7 @@ func TestLifecycleWatchDuringCloseIsRefusedAndLaterErrorsAreKept(t *testing.T) {
 		}
 	})
 	require.NoError(t, op.Watch(ctx, count(b.handle)))
-	watchPut(t, c, "/lc/block", "b")
+	putNamed(t, c, "/lc/block", "b")
 	waitSignal(t, b.blocked, "handler blocked")
 
 	t.Log("phase 1: Watch while a Close waits for the handler is refused")
@@ -222,7 +222,7 @@ func TestLifecycleWatchDuringCloseIsRefusedAndLaterErrorsAreKept(t *testing.T) {
 		}
 		return nil
 	})))
-	watchPut(t, c, "/lc/fail", "f")
+	putNamed(t, c, "/lc/fail", "f")
 	require.ErrorIs(t, recvError(t, op.Error()), errBoom)
 	require.ErrorIs(t, op.Watch(ctx, ignoreEvent), storage.ErrWatchAlreadyInProgress, "the stopped run is in progress until Close")
 	require.Zero(t, overlaps.Load(), "two handlers ran at once")
@@ -235,7 +235,7 @@ func TestLifecycleCloseThenWatchInsideTheHandlerIsRefused(t *testing.T) {
 	verifyNoLeaks(t)
 	c := newClient(t)
 	ctx := testContext(t)
-	watchPut(t, c, "/lc/a", "a")
+	putNamed(t, c, "/lc/a", "a")
 	op := storage.NewWatchPrefixOp[*host](c, "/lc")
 	t.Cleanup(op.Close)
 	var active, overlaps atomic.Int32
@@ -254,13 +254,13 @@ func TestLifecycleCloseThenWatchInsideTheHandlerIsRefused(t *testing.T) {
 		return nil
 	}
 	require.NoError(t, op.Watch(ctx, handle))
-	watchPut(t, c, "/lc/restart", "r")
+	putNamed(t, c, "/lc/restart", "r")
 	require.ErrorIs(t, recvError(t, inner), storage.ErrWatchAlreadyInProgress,
 		"the run closed from inside its handler is in progress until the handler returned")
 	require.Zero(t, overlaps.Load(), "two handlers ran at once")
 
 	t.Log("the run ends once the handler returned: Watch works again")
-	rec := newWatchRecorder()
+	rec := newEventQueue()
 	require.Eventually(t, func() bool { return op.Watch(ctx, rec.handle) == nil }, waitTimeout, time.Millisecond)
 	require.ElementsMatch(t, []string{"/lc/a", "/lc/restart"}, eventKeys(rec.take(t, 2)))
 }
@@ -312,7 +312,7 @@ func (g *readGate) open() {
 
 func TestLifecycleConcurrentStopsAllWaitForAStartInProgress(t *testing.T) {
 	verifyNoLeaks(t)
-	s := newCacheServer(t)
+	s := newServer(t)
 	ctx := testContext(t)
 	put(t, s.Client(), "/lc/a", rawHostJSON("lc/a", 1))
 	gate := newReadGate()
@@ -610,7 +610,7 @@ func TestLifecycleWatchUnderConcurrentWatchCloseAndHandlerCloses(t *testing.T) {
 	}))
 	stopDrain()
 	<-drained
-	watchPut(t, client, p+"final", "f")
+	putNamed(t, client, p+"final", "f")
 	require.Equal(t, p+"final", recvValue(t, got))
 	require.ErrorIs(t, recvError(t, h.op.Error()), errBoom)
 	h.op.Close()
@@ -652,7 +652,7 @@ func checkSettledWatch(t *testing.T, h *watchHammer, client *clientv3.Client, se
 		}, waitTimeout, time.Millisecond, "run %d failed and is in progress: its error never reached Error()", run)
 		return
 	}
-	watchPut(t, client, sentinel, "s")
+	putNamed(t, client, sentinel, "s")
 	require.Eventually(t, func() bool {
 		h.mu.Lock()
 		defer h.mu.Unlock()

@@ -24,9 +24,9 @@ func putPages(t *testing.T, c *clientv3.Client, p string, n int) []string {
 		for i := start; i < min(start+100, n); i++ {
 			k := fmt.Sprintf("%s%05d", p, i)
 			keys = append(keys, k)
-			ops = append(ops, clientv3.OpPut(k, watchHostJSON(k)))
+			ops = append(ops, clientv3.OpPut(k, hostNamedJSON(k)))
 		}
-		watchTxn(t, c, ops...)
+		txnRev(t, c, ops...)
 	}
 	return keys
 }
@@ -56,7 +56,7 @@ func TestWatchInitialReadStartsOverWhenEtcdCompactsBetweenItsPages(t *testing.T)
 			compactRev = compactNow(t, c) // the first attempt's second page is gone
 		}
 	})
-	rec := newWatchRecorder()
+	rec := newEventQueue()
 	require.NoError(t, op.Watch(testContext(t), rec.handle), "Watch failed on a compaction between its pages")
 	require.GreaterOrEqual(t, pages.Load(), int32(2), "the read did not start over")
 	require.NotZero(t, compactRev)

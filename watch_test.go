@@ -21,24 +21,24 @@ import (
 	"github.com/etcdkit/storage/storagetest"
 )
 
-// watchRecorder collects, in order, the events its handle receives.
-type watchRecorder struct {
+// eventQueue collects, in order, the events its handle receives.
+type eventQueue struct {
 	c chan storage.Event[*host]
 }
 
-func newWatchRecorder() *watchRecorder {
+func newEventQueue() *eventQueue {
 	// Large enough that handle never blocks in these tests: a blocked
 	// handler would hold up Close.
-	return &watchRecorder{c: make(chan storage.Event[*host], 4096)}
+	return &eventQueue{c: make(chan storage.Event[*host], 4096)}
 }
 
-func (r *watchRecorder) handle(e *storage.Event[*host]) error {
+func (r *eventQueue) handle(e *storage.Event[*host]) error {
 	r.c <- *e
 	return nil
 }
 
 // next returns the next event, failing the test if none comes in waitTimeout.
-func (r *watchRecorder) next(t *testing.T) storage.Event[*host] {
+func (r *eventQueue) next(t *testing.T) storage.Event[*host] {
 	t.Helper()
 	timer := time.NewTimer(waitTimeout)
 	defer timer.Stop()
@@ -52,7 +52,7 @@ func (r *watchRecorder) next(t *testing.T) storage.Event[*host] {
 }
 
 // take returns the next n events.
-func (r *watchRecorder) take(t *testing.T, n int) []storage.Event[*host] {
+func (r *eventQueue) take(t *testing.T, n int) []storage.Event[*host] {
 	t.Helper()
 	events := make([]storage.Event[*host], n)
 	for i := range events {
@@ -62,7 +62,7 @@ func (r *watchRecorder) take(t *testing.T, n int) []storage.Event[*host] {
 }
 
 // until returns the events up to and including the first one for key.
-func (r *watchRecorder) until(t *testing.T, key string) []storage.Event[*host] {
+func (r *eventQueue) until(t *testing.T, key string) []storage.Event[*host] {
 	t.Helper()
 	var events []storage.Event[*host]
 	for {
@@ -75,7 +75,7 @@ func (r *watchRecorder) until(t *testing.T, key string) []storage.Event[*host] {
 }
 
 // requireQuiet asserts that no event arrives within quietWindow.
-func (r *watchRecorder) requireQuiet(t *testing.T) {
+func (r *eventQueue) requireQuiet(t *testing.T) {
 	t.Helper()
 	select {
 	case e := <-r.c:
@@ -84,8 +84,8 @@ func (r *watchRecorder) requireQuiet(t *testing.T) {
 	}
 }
 
-// watchHostJSON is the stored form of a host named name, as NewPutOp writes it.
-func watchHostJSON(name string) string {
+// hostNamedJSON is the stored form of a host named name, as NewPutOp writes it.
+func hostNamedJSON(name string) string {
 	data, err := json.Marshal(&host{Name: name})
 	if err != nil {
 		panic(err)
@@ -93,22 +93,22 @@ func watchHostJSON(name string) string {
 	return string(data)
 }
 
-// watchPut stores a host named name at key and returns the put's revision.
-func watchPut(t *testing.T, c *clientv3.Client, key, name string) int64 {
+// putNamed stores a host named name at key and returns the put's revision.
+func putNamed(t *testing.T, c *clientv3.Client, key, name string) int64 {
 	t.Helper()
-	return put(t, c, key, watchHostJSON(name))
+	return put(t, c, key, hostNamedJSON(name))
 }
 
-// watchDelete deletes key and returns the delete's revision.
-func watchDelete(t *testing.T, c *clientv3.Client, key string) int64 {
+// deleteRev deletes key and returns the delete's revision.
+func deleteRev(t *testing.T, c *clientv3.Client, key string) int64 {
 	t.Helper()
 	resp, err := c.Delete(testContext(t), key)
 	require.NoError(t, err)
 	return resp.Header.Revision
 }
 
-// watchTxn commits ops unconditionally and returns the txn's revision.
-func watchTxn(t *testing.T, c *clientv3.Client, ops ...clientv3.Op) int64 {
+// txnRev commits ops unconditionally and returns the txn's revision.
+func txnRev(t *testing.T, c *clientv3.Client, ops ...clientv3.Op) int64 {
 	t.Helper()
 	resp, err := c.Txn(testContext(t)).Then(ops...).Commit()
 	require.NoError(t, err)
@@ -151,19 +151,19 @@ func requireWatchEvents(t *testing.T, want, got []storage.Event[*host]) {
 	}
 }
 
-// watchPrefix starts a prefix watch recording into a new recorder, closed
+// startWatch starts a prefix watch recording into a new recorder, closed
 // when the test ends.
-func watchPrefix(t *testing.T, c *clientv3.Client, prefix string) (storage.WatchOp[*host], *watchRecorder) {
+func startWatch(t *testing.T, c *clientv3.Client, prefix string) (storage.WatchOp[*host], *eventQueue) {
 	t.Helper()
 	op := storage.NewWatchPrefixOp[*host](c, prefix)
-	rec := newWatchRecorder()
+	rec := newEventQueue()
 	require.NoError(t, op.Watch(testContext(t), rec.handle))
 	t.Cleanup(op.Close)
 	return op, rec
 }
 
-// watchKV is a raw write made before a watch starts.
-type watchKV struct{ key, value string }
+// keyValue is a raw write made before a watch starts.
+type keyValue struct{ key, value string }
 
 func TestWatchInitialReadDeliversItemsAsPutsAtTheReadRevision(t *testing.T) {
 	verifyNoLeaks(t)
@@ -171,7 +171,7 @@ func TestWatchInitialReadDeliversItemsAsPutsAtTheReadRevision(t *testing.T) {
 
 	tests := []struct {
 		name   string
-		writes []watchKV // under the test's prefix, in order
+		writes []keyValue // under the test's prefix, in order
 		want   func(p string, readRev int64) []storage.Event[*host]
 	}{{
 		name:   "an empty prefix delivers nothing",
@@ -179,19 +179,19 @@ func TestWatchInitialReadDeliversItemsAsPutsAtTheReadRevision(t *testing.T) {
 		want:   func(string, int64) []storage.Event[*host] { return nil },
 	}, {
 		name:   "a version 1 item is a create, a later version a modify, each with its version",
-		writes: []watchKV{{"b", watchHostJSON("b1")}, {"a", watchHostJSON("a1")}, {"b", watchHostJSON("b2")}, {"b", watchHostJSON("b3")}},
+		writes: []keyValue{{"b", hostNamedJSON("b1")}, {"a", hostNamedJSON("a1")}, {"b", hostNamedJSON("b2")}, {"b", hostNamedJSON("b3")}},
 		want: func(p string, rev int64) []storage.Event[*host] {
 			return []storage.Event[*host]{wantPut(p+"a", "a1", 1, rev), wantPut(p+"b", "b3", 3, rev)}
 		},
 	}, {
 		name:   "an undecodable item is an error event naming its key, and the read goes on",
-		writes: []watchKV{{"a", watchHostJSON("a")}, {"bad", "not json"}, {"c", watchHostJSON("c")}},
+		writes: []keyValue{{"a", hostNamedJSON("a")}, {"bad", "not json"}, {"c", hostNamedJSON("c")}},
 		want: func(p string, rev int64) []storage.Event[*host] {
 			return []storage.Event[*host]{wantPut(p+"a", "a", 1, rev), wantDecodeError(p+"bad", rev), wantPut(p+"c", "c", 1, rev)}
 		},
 	}, {
 		name:   "a JSON null item is an error event",
-		writes: []watchKV{{"null", "null"}},
+		writes: []keyValue{{"null", "null"}},
 		want: func(p string, rev int64) []storage.Event[*host] {
 			return []storage.Event[*host]{wantDecodeError(p+"null", rev)}
 		},
@@ -204,16 +204,16 @@ func TestWatchInitialReadDeliversItemsAsPutsAtTheReadRevision(t *testing.T) {
 			}
 			// Another key moves the revision on: the read revision is the
 			// store's, not the last write under the prefix.
-			readRev := put(t, c, "/elsewhere", watchHostJSON("x"))
+			readRev := put(t, c, "/elsewhere", hostNamedJSON("x"))
 
-			_, rec := watchPrefix(t, c, p)
+			_, rec := startWatch(t, c, p)
 
 			want := tt.want(p, readRev)
 			// Watch returns after the initial read: its events are all in.
 			require.Len(t, rec.c, len(want))
 			requireWatchEvents(t, want, rec.take(t, len(want)))
 
-			rev := watchPut(t, c, p+"zz", "after")
+			rev := putNamed(t, c, p+"zz", "after")
 			requireWatchEvents(t, []storage.Event[*host]{wantPut(p+"zz", "after", 1, rev)}, []storage.Event[*host]{rec.next(t)})
 		})
 	}
@@ -229,13 +229,13 @@ func TestWatchInitialReadOfALargePrefixDeliversEveryItemOnceInKeyOrder(t *testin
 		for i := start; i < min(start+100, n); i++ {
 			k := fmt.Sprintf("%s%05d", p, i)
 			want = append(want, k)
-			ops = append(ops, clientv3.OpPut(k, watchHostJSON(k)))
+			ops = append(ops, clientv3.OpPut(k, hostNamedJSON(k)))
 		}
-		watchTxn(t, c, ops...)
+		txnRev(t, c, ops...)
 	}
-	readRev := put(t, c, "/big", watchHostJSON("outside")) // just outside the prefix
+	readRev := put(t, c, "/big", hostNamedJSON("outside")) // just outside the prefix
 
-	_, rec := watchPrefix(t, c, p)
+	_, rec := startWatch(t, c, p)
 	events := rec.take(t, len(rec.c))
 	require.Equal(t, want, eventKeys(events))
 	for _, e := range events {
@@ -255,30 +255,30 @@ func TestWatchDeliversEachChangeWithItsFields(t *testing.T) {
 		want   func(p string, rev int64) []storage.Event[*host]
 	}{{
 		name:   "a create is a put with IsCreate and version 1",
-		change: func(t *testing.T, p string) int64 { return watchPut(t, c, p+"new", "n") },
+		change: func(t *testing.T, p string) int64 { return putNamed(t, c, p+"new", "n") },
 		want: func(p string, rev int64) []storage.Event[*host] {
 			return []storage.Event[*host]{wantPut(p+"new", "n", 1, rev)}
 		},
 	}, {
 		name:   "a modify is a put with IsModify and the new version",
-		change: func(t *testing.T, p string) int64 { return watchPut(t, c, p+"m", "m2") },
+		change: func(t *testing.T, p string) int64 { return putNamed(t, c, p+"m", "m2") },
 		want: func(p string, rev int64) []storage.Event[*host] {
 			return []storage.Event[*host]{wantPut(p+"m", "m2", 2, rev)}
 		},
 	}, {
 		name:   "a delete has the key, no value and the delete's revision",
-		change: func(t *testing.T, p string) int64 { return watchDelete(t, c, p+"d") },
+		change: func(t *testing.T, p string) int64 { return deleteRev(t, c, p+"d") },
 		want: func(p string, rev int64) []storage.Event[*host] {
 			return []storage.Event[*host]{wantDelete(p+"d", rev)}
 		},
 	}, {
 		name: "a txn's events share its revision and arrive in the txn's order",
 		change: func(t *testing.T, p string) int64 {
-			return watchTxn(t, c,
-				clientv3.OpPut(p+"x", watchHostJSON("x")),
+			return txnRev(t, c,
+				clientv3.OpPut(p+"x", hostNamedJSON("x")),
 				clientv3.OpDelete(p+"d"),
-				clientv3.OpPut(p+"m", watchHostJSON("m2")),
-				clientv3.OpPut(p+"a", watchHostJSON("a")))
+				clientv3.OpPut(p+"m", hostNamedJSON("m2")),
+				clientv3.OpPut(p+"a", hostNamedJSON("a")))
 		},
 		want: func(p string, rev int64) []storage.Event[*host] {
 			return []storage.Event[*host]{
@@ -302,9 +302,9 @@ func TestWatchDeliversEachChangeWithItsFields(t *testing.T) {
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := fmt.Sprintf("/changes/%d/", i)
-			watchPut(t, c, p+"d", "d")
-			watchPut(t, c, p+"m", "m1")
-			_, rec := watchPrefix(t, c, p)
+			putNamed(t, c, p+"d", "d")
+			putNamed(t, c, p+"m", "m1")
+			_, rec := startWatch(t, c, p)
 			rec.take(t, 2) // the initial read
 
 			rev := tt.change(t, p)
@@ -312,7 +312,7 @@ func TestWatchDeliversEachChangeWithItsFields(t *testing.T) {
 			requireWatchEvents(t, want, rec.take(t, len(want)))
 
 			// The watch goes on, also after an error event.
-			after := watchPut(t, c, p+"zz", "after")
+			after := putNamed(t, c, p+"zz", "after")
 			requireWatchEvents(t, []storage.Event[*host]{wantPut(p+"zz", "after", 1, after)}, []storage.Event[*host]{rec.next(t)})
 		})
 	}
@@ -355,16 +355,16 @@ func TestWatchSeesOnlyItsKeyOrPrefix(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			p := fmt.Sprintf("/scope/%d/", i)
 			for _, k := range tt.before {
-				watchPut(t, c, p+k, k)
+				putNamed(t, c, p+k, k)
 			}
 			op := tt.newOp(p)
-			rec := newWatchRecorder()
+			rec := newEventQueue()
 			require.NoError(t, op.Watch(testContext(t), rec.handle))
 			t.Cleanup(op.Close)
 			require.Equal(t, prefixKeys(p, tt.wantInitial), eventKeys(rec.take(t, len(rec.c))), "initial read")
 
 			for _, k := range tt.after {
-				watchPut(t, c, p+k, k)
+				putNamed(t, c, p+k, k)
 			}
 			// Events come in revision order, so once the last wanted key
 			// arrived every key written before it was either delivered or
@@ -380,14 +380,14 @@ func TestWatchEmptyPrefixWatchesEveryKey(t *testing.T) {
 	verifyNoLeaks(t)
 	c := newClient(t)
 	for _, k := range []string{"/a", "b", "/x/y"} {
-		watchPut(t, c, k, k)
+		putNamed(t, c, k, k)
 	}
-	_, rec := watchPrefix(t, c, "")
+	_, rec := startWatch(t, c, "")
 	require.Equal(t, []string{"/a", "/x/y", "b"}, eventKeys(rec.take(t, len(rec.c))), "initial read")
 
-	watchPut(t, c, "c", "c")
-	watchPut(t, c, "/", "root")
-	watchDelete(t, c, "/a")
+	putNamed(t, c, "c", "c")
+	putNamed(t, c, "/", "root")
+	deleteRev(t, c, "/a")
 	require.Equal(t, []string{"c", "/", "/a"}, eventKeys(rec.take(t, 3)))
 }
 
@@ -410,14 +410,14 @@ func eventKeys(events []storage.Event[*host]) []string {
 func TestWatchTwiceIsAlreadyInProgress(t *testing.T) {
 	verifyNoLeaks(t)
 	c := newClient(t)
-	op, rec := watchPrefix(t, c, "/w")
+	op, rec := startWatch(t, c, "/w")
 
 	err := op.Watch(testContext(t), rec.handle)
 	require.ErrorIs(t, err, storage.ErrWatchAlreadyInProgress)
 	require.ErrorContains(t, err, "/w/")
 
 	// The first run goes on.
-	rev := watchPut(t, c, "/w/a", "a")
+	rev := putNamed(t, c, "/w/a", "a")
 	requireWatchEvents(t, []storage.Event[*host]{wantPut("/w/a", "a", 1, rev)}, []storage.Event[*host]{rec.next(t)})
 }
 
@@ -431,20 +431,20 @@ func TestWatchCloseIsIdempotentAndWatchWorksAgainWithAFreshInitialRead(t *testin
 	op.Close() // before any Watch
 	op.Close()
 
-	watchPut(t, c, "/w/a", "a")
-	rec := newWatchRecorder()
+	putNamed(t, c, "/w/a", "a")
+	rec := newEventQueue()
 	require.NoError(t, op.Watch(ctx, rec.handle))
 	require.Equal(t, []string{"/w/a"}, eventKeys(rec.take(t, 1)))
 
 	op.Close()
 	op.Close()
-	rev := watchPut(t, c, "/w/b", "b")
+	rev := putNamed(t, c, "/w/b", "b")
 	rec.requireQuiet(t) // closed: the put is not delivered
 
-	rec2 := newWatchRecorder()
+	rec2 := newEventQueue()
 	require.NoError(t, op.Watch(ctx, rec2.handle))
 	requireWatchEvents(t, []storage.Event[*host]{wantPut("/w/a", "a", 1, rev), wantPut("/w/b", "b", 1, rev)}, rec2.take(t, 2))
-	rev = watchPut(t, c, "/w/c", "c")
+	rev = putNamed(t, c, "/w/c", "c")
 	requireWatchEvents(t, []storage.Event[*host]{wantPut("/w/c", "c", 1, rev)}, []storage.Event[*host]{rec2.next(t)})
 	require.Empty(t, rec.c, "the closed run's handler was called")
 }
@@ -454,8 +454,8 @@ func TestWatchCloseFromInsideTheHandlerStopsDeliveryWithoutDeadlock(t *testing.T
 	c := newClient(t)
 
 	t.Run("during the initial read", func(t *testing.T) {
-		watchPut(t, c, "/init/a", "a")
-		watchPut(t, c, "/init/b", "b")
+		putNamed(t, c, "/init/a", "a")
+		putNamed(t, c, "/init/b", "b")
 		op := storage.NewWatchPrefixOp[*host](c, "/init")
 		t.Cleanup(op.Close)
 		var keys []string
@@ -469,7 +469,7 @@ func TestWatchCloseFromInsideTheHandlerStopsDeliveryWithoutDeadlock(t *testing.T
 		require.Empty(t, op.Error())
 
 		// Nothing is running: Watch needs no Close.
-		rec := newWatchRecorder()
+		rec := newEventQueue()
 		require.NoError(t, op.Watch(testContext(t), rec.handle))
 		require.Equal(t, []string{"/init/a", "/init/b"}, eventKeys(rec.take(t, 2)))
 	})
@@ -477,7 +477,7 @@ func TestWatchCloseFromInsideTheHandlerStopsDeliveryWithoutDeadlock(t *testing.T
 	t.Run("during the watch", func(t *testing.T) {
 		op := storage.NewWatchPrefixOp[*host](c, "/run")
 		t.Cleanup(op.Close)
-		rec := newWatchRecorder()
+		rec := newEventQueue()
 		closed := make(chan struct{})
 		require.NoError(t, op.Watch(testContext(t), func(e *storage.Event[*host]) error {
 			rec.c <- *e
@@ -489,11 +489,11 @@ func TestWatchCloseFromInsideTheHandlerStopsDeliveryWithoutDeadlock(t *testing.T
 		}))
 
 		// One txn: the events after /run/stop come in the same response.
-		watchTxn(t, c, clientv3.OpPut("/run/stop", watchHostJSON("stop")), clientv3.OpPut("/run/same-txn", watchHostJSON("x")))
+		txnRev(t, c, clientv3.OpPut("/run/stop", hostNamedJSON("stop")), clientv3.OpPut("/run/same-txn", hostNamedJSON("x")))
 		waitSignal(t, closed, "Close from inside the handler returned")
 		require.Equal(t, "/run/stop", rec.next(t).Key)
 
-		watchPut(t, c, "/run/later", "later")
+		putNamed(t, c, "/run/later", "later")
 		rec.requireQuiet(t)
 		require.Empty(t, op.Error())
 	})
@@ -506,7 +506,7 @@ func TestWatchHandlerErrorStopsTheRunAndIsReportedOnce(t *testing.T) {
 	errBoom := errors.New("boom")
 	op := storage.NewWatchPrefixOp[*host](c, "/w")
 	t.Cleanup(op.Close)
-	rec := newWatchRecorder()
+	rec := newEventQueue()
 	require.NoError(t, op.Watch(ctx, func(e *storage.Event[*host]) error {
 		rec.c <- *e
 		if e.Key == "/w/fail" {
@@ -515,13 +515,13 @@ func TestWatchHandlerErrorStopsTheRunAndIsReportedOnce(t *testing.T) {
 		return nil
 	}))
 
-	watchTxn(t, c, clientv3.OpPut("/w/fail", watchHostJSON("f")), clientv3.OpPut("/w/same-txn", watchHostJSON("x")))
+	txnRev(t, c, clientv3.OpPut("/w/fail", hostNamedJSON("f")), clientv3.OpPut("/w/same-txn", hostNamedJSON("x")))
 	require.Equal(t, "/w/fail", rec.next(t).Key)
 	err := recvError(t, op.Error())
 	require.ErrorIs(t, err, errBoom)
 	require.ErrorContains(t, err, "watch prefix /w/")
 
-	watchPut(t, c, "/w/after", "after")
+	putNamed(t, c, "/w/after", "after")
 	rec.requireQuiet(t) // the handler is not called again
 	require.Empty(t, op.Error(), "a second error")
 
@@ -535,8 +535,8 @@ func TestWatchHandlerErrorDuringTheInitialReadIsReturnedAndNothingRuns(t *testin
 	verifyNoLeaks(t)
 	c := newClient(t)
 	ctx := testContext(t)
-	watchPut(t, c, "/w/a", "a")
-	watchPut(t, c, "/w/b", "b")
+	putNamed(t, c, "/w/a", "a")
+	putNamed(t, c, "/w/b", "b")
 	errBoom := errors.New("boom")
 	op := storage.NewWatchPrefixOp[*host](c, "/w")
 	t.Cleanup(op.Close)
@@ -548,7 +548,7 @@ func TestWatchHandlerErrorDuringTheInitialReadIsReturnedAndNothingRuns(t *testin
 	require.Equal(t, 1, calls, "handle called after it failed")
 	require.Empty(t, op.Error(), "the returned error was also sent on Error()")
 
-	rec := newWatchRecorder()
+	rec := newEventQueue()
 	require.NoError(t, op.Watch(ctx, rec.handle), "Watch after a failed Watch, without Close")
 	require.Equal(t, []string{"/w/a", "/w/b"}, eventKeys(rec.take(t, 2)))
 }
@@ -558,7 +558,7 @@ func TestWatchContextCancelStopsTheRunWithCanceled(t *testing.T) {
 	c := newClient(t)
 	op := storage.NewWatchPrefixOp[*host](c, "/w")
 	t.Cleanup(op.Close)
-	rec := newWatchRecorder()
+	rec := newEventQueue()
 	ctx, cancel := context.WithCancel(testContext(t))
 	require.NoError(t, op.Watch(ctx, rec.handle))
 
@@ -567,7 +567,7 @@ func TestWatchContextCancelStopsTheRunWithCanceled(t *testing.T) {
 	require.ErrorIs(t, err, context.Canceled)
 	require.ErrorContains(t, err, "watch prefix /w/")
 
-	watchPut(t, c, "/w/a", "a")
+	putNamed(t, c, "/w/a", "a")
 	rec.requireQuiet(t)
 	require.Empty(t, op.Error(), "a second error")
 	require.ErrorIs(t, op.Watch(testContext(t), rec.handle), storage.ErrWatchAlreadyInProgress)
@@ -580,7 +580,7 @@ func TestWatchCloseDropsAnUnreadError(t *testing.T) {
 	t.Cleanup(op.Close)
 	require.NoError(t, op.Watch(testContext(t), func(*storage.Event[*host]) error { return errors.New("boom") }))
 
-	watchPut(t, c, "/w/a", "a")
+	putNamed(t, c, "/w/a", "a")
 	require.Eventually(t, func() bool { return len(op.Error()) == 1 }, waitTimeout, 5*time.Millisecond)
 	op.Close()
 	require.Empty(t, op.Error())
@@ -606,7 +606,7 @@ func TestWatchPropagateErrorsForwardsUntilItsContextEnds(t *testing.T) {
 	pctx, pcancel := context.WithCancel(ctx)
 	op.PropagateErrors(pctx, forwarded)
 
-	watchPut(t, c, "/w/fail", "f")
+	putNamed(t, c, "/w/fail", "f")
 	require.ErrorIs(t, recvError(t, forwarded), errBoom)
 
 	pcancel()
@@ -614,9 +614,9 @@ func TestWatchPropagateErrorsForwardsUntilItsContextEnds(t *testing.T) {
 	require.NoError(t, goleak.Find(beforePropagate), "PropagateErrors outlived its context")
 
 	op.Close()
-	watchDelete(t, c, "/w/fail")
+	deleteRev(t, c, "/w/fail")
 	require.NoError(t, op.Watch(ctx, failing))
-	watchPut(t, c, "/w/fail", "f")
+	putNamed(t, c, "/w/fail", "f")
 	require.ErrorIs(t, recvError(t, op.Error()), errBoom, "the error of a later run stays on Error()")
 	require.Empty(t, forwarded)
 }
@@ -658,7 +658,7 @@ func TestWatchInvalidOptionsAreAnErrorNamingTheWatch(t *testing.T) {
 		},
 		what: "watch prefix /w/",
 	}}
-	watchPut(t, c, "/w/k", "k")
+	putNamed(t, c, "/w/k", "k")
 	for _, o := range options {
 		for _, k := range ops {
 			t.Run(o.name+" on a "+k.kind+" watch", func(t *testing.T) {
@@ -681,16 +681,16 @@ func TestWatchInvalidOptionsAreAnErrorNamingTheWatch(t *testing.T) {
 func TestWatchFilterPutDropsLivePutsButNotTheInitialRead(t *testing.T) {
 	verifyNoLeaks(t)
 	c := newClient(t)
-	watchPut(t, c, "/w/a", "a")
+	putNamed(t, c, "/w/a", "a")
 
 	op := storage.NewWatchPrefixOp[*host](c, "/w", clientv3.WithFilterPut())
 	t.Cleanup(op.Close)
-	rec := newWatchRecorder()
+	rec := newEventQueue()
 	require.NoError(t, op.Watch(testContext(t), rec.handle))
 	require.Equal(t, []string{"/w/a"}, eventKeys(rec.take(t, 1)), "the initial read is not filtered")
 
-	watchPut(t, c, "/w/b", "b")
-	rev := watchDelete(t, c, "/w/a")
+	putNamed(t, c, "/w/b", "b")
+	rev := deleteRev(t, c, "/w/a")
 	requireWatchEvents(t, []storage.Event[*host]{wantDelete("/w/a", rev)}, []storage.Event[*host]{rec.next(t)})
 }
 
@@ -707,13 +707,13 @@ func TestWatchFiltersHoldForTheEventsOfAReRead(t *testing.T) {
 	}{{
 		name:     "WithFilterDelete synthesises no delete",
 		filter:   clientv3.WithFilterDelete(),
-		sentinel: func(t *testing.T) { watchPut(t, c, p+"s", "s") },
+		sentinel: func(t *testing.T) { putNamed(t, c, p+"s", "s") },
 		want:     []string{"put /f/k2", "put /f/k3", "put /f/s"},
 	}, {
 		name:   "WithFilterPut synthesises no put",
 		filter: clientv3.WithFilterPut(),
 		// k0 is known to the watch: its delete arrives live or from the re-read.
-		sentinel: func(t *testing.T) { watchDelete(t, c, p+"k0") },
+		sentinel: func(t *testing.T) { deleteRev(t, c, p+"k0") },
 		want:     []string{"delete /f/k0", "delete /f/k1"},
 	}}
 	for _, tc := range cases {
@@ -722,9 +722,9 @@ func TestWatchFiltersHoldForTheEventsOfAReRead(t *testing.T) {
 			_, err := c.Delete(ctx, p, clientv3.WithPrefix())
 			require.NoError(t, err)
 			for _, k := range []string{"k0", "k1", "k2"} {
-				watchPut(t, c, p+k, k)
+				putNamed(t, c, p+k, k)
 			}
-			rec := newWatchRecorder()
+			rec := newEventQueue()
 			blocked, release := make(chan struct{}), make(chan struct{})
 			var blockOnce, releaseOnce sync.Once
 			unblock := func() { releaseOnce.Do(func() { close(release) }) }
@@ -744,9 +744,9 @@ func TestWatchFiltersHoldForTheEventsOfAReRead(t *testing.T) {
 			waitSignal(t, blocked, "initial read reached its last item")
 
 			t.Log("phase 1: while the initial read is delivered, delete k1, change k2, create k3; compact past the read")
-			watchDelete(t, c, p+"k1")
-			watchPut(t, c, p+"k2", "k2'")
-			last := watchPut(t, c, p+"k3", "k3")
+			deleteRev(t, c, p+"k1")
+			putNamed(t, c, p+"k2", "k2'")
+			last := putNamed(t, c, p+"k3", "k3")
 			_, err = c.Compact(ctx, last, clientv3.WithCompactPhysical())
 			require.NoError(t, err)
 
@@ -779,9 +779,9 @@ func TestWatchOnAClosedClientReportsOneErrorAndStops(t *testing.T) {
 
 	op := storage.NewWatchPrefixOp[*host](wc, "/w")
 	t.Cleanup(op.Close)
-	rec := newWatchRecorder()
+	rec := newEventQueue()
 	require.NoError(t, op.Watch(testContext(t), rec.handle))
-	watchPut(t, s.Client(), "/w/a", "a")
+	putNamed(t, s.Client(), "/w/a", "a")
 	require.Equal(t, "/w/a", rec.next(t).Key, "the watch runs")
 
 	_ = wc.Close() // reports context.Canceled: its own context ends
@@ -808,14 +808,14 @@ func TestWatchRelistsWhenItsStartRevisionWasCompacted(t *testing.T) {
 	ctx := testContext(t)
 	const p = "/w/"
 
-	watchPut(t, c, p+"k0", "zero") // unchanged throughout
-	watchPut(t, c, p+"k1", "one")
-	watchPut(t, c, p+"k2", "two")
-	readRev := watchPut(t, c, p+"k3", "three")
+	putNamed(t, c, p+"k0", "zero") // unchanged throughout
+	putNamed(t, c, p+"k1", "one")
+	putNamed(t, c, p+"k2", "two")
+	readRev := putNamed(t, c, p+"k3", "three")
 
 	// The handler blocks on the last item of the initial read, so the watch
 	// cannot start before the test has compacted past the read revision.
-	rec := newWatchRecorder()
+	rec := newEventQueue()
 	blocked, release := make(chan struct{}), make(chan struct{})
 	var blockOnce, releaseOnce sync.Once
 	unblock := func() { releaseOnce.Do(func() { close(release) }) }
@@ -837,11 +837,11 @@ func TestWatchRelistsWhenItsStartRevisionWasCompacted(t *testing.T) {
 
 	waitSignal(t, blocked, "initial read reached its last item")
 	t.Log("phase 1: change the prefix while the initial read is delivered, compact past the read revision")
-	watchPut(t, c, p+"k1", "one'")
-	watchDelete(t, c, p+"k2")
-	watchDelete(t, c, p+"k3")
-	watchPut(t, c, p+"k3", "three'")
-	lastRev := watchPut(t, c, p+"k4", "four")
+	putNamed(t, c, p+"k1", "one'")
+	deleteRev(t, c, p+"k2")
+	deleteRev(t, c, p+"k3")
+	putNamed(t, c, p+"k3", "three'")
+	lastRev := putNamed(t, c, p+"k4", "four")
 	_, err := c.Compact(ctx, lastRev, clientv3.WithCompactPhysical())
 	require.NoError(t, err)
 
@@ -854,7 +854,7 @@ func TestWatchRelistsWhenItsStartRevisionWasCompacted(t *testing.T) {
 		wantPut(p+"k2", "two", 1, readRev), wantPut(p+"k3", "three", 1, readRev),
 	}, initial)
 
-	watchPut(t, c, p+"k9", "sentinel")
+	putNamed(t, c, p+"k9", "sentinel")
 	later := rec.until(t, p+"k9")
 	require.GreaterOrEqual(t, storage.WatchRecovery(op).Relists, int64(1))
 
@@ -919,11 +919,11 @@ func TestWatchProgressNotificationsMoveAnIdleWatch(t *testing.T) {
 	c := newClient(t, storagetest.WithServerConfig(func(cfg *embed.Config) {
 		cfg.WatchProgressNotifyInterval = 100 * time.Millisecond
 	}))
-	op, rec := watchPrefix(t, c, "/w")
+	op, rec := startWatch(t, c, "/w")
 	require.Zero(t, storage.WatchRecovery(op).Progress)
 
 	// Writes elsewhere move the store's revision past the watch's.
-	watchPut(t, c, "/other/a", "a")
+	putNamed(t, c, "/other/a", "a")
 	require.Eventually(t, func() bool { return storage.WatchRecovery(op).Progress >= 1 }, waitTimeout, 10*time.Millisecond)
 	require.Empty(t, rec.c, "events for keys outside the prefix")
 }
@@ -936,9 +936,9 @@ func TestWatchReplayOfManyWritesEqualsAFreshRead(t *testing.T) {
 	key := func() string { return fmt.Sprintf("%sk%02d", p, rng.IntN(16)) }
 
 	for i := range 5 {
-		watchPut(t, c, fmt.Sprintf("%sk%02d", p, i), "initial")
+		putNamed(t, c, fmt.Sprintf("%sk%02d", p, i), "initial")
 	}
-	op, rec := watchPrefix(t, c, p)
+	op, rec := startWatch(t, c, p)
 	initial := rec.take(t, len(rec.c))
 	require.Len(t, initial, 5)
 
@@ -946,9 +946,9 @@ func TestWatchReplayOfManyWritesEqualsAFreshRead(t *testing.T) {
 		name := fmt.Sprint(i)
 		switch r := rng.IntN(10); {
 		case r < 5:
-			watchPut(t, c, key(), name)
+			putNamed(t, c, key(), name)
 		case r < 7:
-			watchDelete(t, c, key())
+			deleteRev(t, c, key())
 		default:
 			var txnOps []clientv3.Op
 			seen := map[string]bool{}
@@ -961,13 +961,13 @@ func TestWatchReplayOfManyWritesEqualsAFreshRead(t *testing.T) {
 				if rng.IntN(3) == 0 {
 					txnOps = append(txnOps, clientv3.OpDelete(k))
 				} else {
-					txnOps = append(txnOps, clientv3.OpPut(k, watchHostJSON(name)))
+					txnOps = append(txnOps, clientv3.OpPut(k, hostNamedJSON(name)))
 				}
 			}
-			watchTxn(t, c, txnOps...)
+			txnRev(t, c, txnOps...)
 		}
 	}
-	watchPut(t, c, p+"sentinel", "last")
+	putNamed(t, c, p+"sentinel", "last")
 	events := rec.until(t, p+"sentinel")
 
 	// Each change exactly once, in revision order: with no compaction every
@@ -999,8 +999,8 @@ func TestWatchReplayOfManyWritesEqualsAFreshRead(t *testing.T) {
 	require.Zero(t, storage.WatchRecovery(op).Resumes+storage.WatchRecovery(op).Relists, "a healthy watch needed recovery")
 }
 
-// watchRecordJSON is the stored form of a record named name.
-func watchRecordJSON(name string) string { return fmt.Sprintf(`{"name":%q,"count":0}`, name) }
+// recordNamedJSON is the stored form of a record named name.
+func recordNamedJSON(name string) string { return fmt.Sprintf(`{"name":%q,"count":0}`, name) }
 
 func TestWatchHandlerFallingBehindGetsEachChangeOnce(t *testing.T) {
 	verifyNoLeaks(t)
@@ -1016,7 +1016,7 @@ func TestWatchHandlerFallingBehindGetsEachChangeOnce(t *testing.T) {
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := fmt.Sprintf("/lag/%d/", i)
-			op := watchFallingBehind(t, c, p, tt.compact)
+			op := fallingBehind(t, c, p, tt.compact)
 			rec := storage.WatchRecovery(op)
 			if tt.compact {
 				require.GreaterOrEqual(t, rec.Relists, int64(1), "recovery: %+v", rec)
@@ -1028,17 +1028,17 @@ func TestWatchHandlerFallingBehindGetsEachChangeOnce(t *testing.T) {
 	}
 }
 
-// watchFallingBehind runs a prefix watch whose handler blocks on its first
+// fallingBehind runs a prefix watch whose handler blocks on its first
 // live event. With a backlog bound of 2 the watch cancels its stream while
 // the handler is stuck, and resumes from the last delivered revision once it
 // returns (re-reading if compact made that revision history). It checks that
 // every change arrived once, in order, and that the events replay to etcd's
 // contents, and returns the op for its counters.
-func watchFallingBehind(t *testing.T, c *clientv3.Client, p string, compact bool) storage.WatchOp[*record] {
+func fallingBehind(t *testing.T, c *clientv3.Client, p string, compact bool) storage.WatchOp[*record] {
 	t.Helper()
 	ctx := testContext(t)
 	for _, k := range []string{"k1", "k2", "k3"} {
-		put(t, c, p+k, watchRecordJSON(k))
+		put(t, c, p+k, recordNamedJSON(k))
 	}
 
 	events := make(chan storage.Event[*record], 4096)
@@ -1061,21 +1061,21 @@ func watchFallingBehind(t *testing.T, c *clientv3.Client, p string, compact bool
 	}))
 	require.Len(t, events, 3, "initial read")
 
-	put(t, c, p+"block", watchRecordJSON("block"))
+	put(t, c, p+"block", recordNamedJSON("block"))
 	waitSignal(t, blocked, "the handler got the first live event")
 	t.Log("phase 1: the handler is stuck; queue more events than the backlog bound")
-	watchDelete(t, c, p+"k1")
-	put(t, c, p+"a", watchRecordJSON("a1"))
-	put(t, c, p+"k2", watchRecordJSON("two'"))
-	put(t, c, p+"b", watchRecordJSON("b1"))
+	deleteRev(t, c, p+"k1")
+	put(t, c, p+"a", recordNamedJSON("a1"))
+	put(t, c, p+"k2", recordNamedJSON("two'"))
+	put(t, c, p+"b", recordNamedJSON("b1"))
 	require.Eventually(t, func() bool { return storage.WatchRecovery(op).Backlogs >= 1 }, waitTimeout, 5*time.Millisecond)
 
 	t.Log("phase 2: change the prefix while the stream is cancelled")
-	watchDelete(t, c, p+"k2")
-	watchDelete(t, c, p+"k3")
-	put(t, c, p+"k3", watchRecordJSON("three'"))
-	put(t, c, p+"a", watchRecordJSON("a2"))
-	last := put(t, c, p+"c", watchRecordJSON("c1"))
+	deleteRev(t, c, p+"k2")
+	deleteRev(t, c, p+"k3")
+	put(t, c, p+"k3", recordNamedJSON("three'"))
+	put(t, c, p+"a", recordNamedJSON("a2"))
+	last := put(t, c, p+"c", recordNamedJSON("c1"))
 	if compact {
 		_, err := c.Compact(ctx, last, clientv3.WithCompactPhysical())
 		require.NoError(t, err)
@@ -1083,7 +1083,7 @@ func watchFallingBehind(t *testing.T, c *clientv3.Client, p string, compact bool
 
 	t.Log("phase 3: release the handler; every change must arrive once")
 	unblock()
-	put(t, c, p+"sentinel", watchRecordJSON("last"))
+	put(t, c, p+"sentinel", recordNamedJSON("last"))
 	replay := map[string]replayState{}
 	modRevs := map[string]int64{} // last delivered mod revision per key
 	var lastRev int64
@@ -1138,7 +1138,7 @@ func TestWatchStopsOnAValueLargerThanTheReceiveLimit(t *testing.T) {
 	t.Cleanup(func() { _ = wc.Close() }) // on failure; a second Close is harmless
 	c, ctx := s.Client(), testContext(t)
 	const p = "/w/"
-	watchPut(t, c, p+"a", "a")
+	putNamed(t, c, p+"a", "a")
 
 	// As in TestWatchRelistsWhenItsStartRevisionWasCompacted: the handler
 	// holds the initial read while a value too large for the watch client
@@ -1164,8 +1164,8 @@ func TestWatchStopsOnAValueLargerThanTheReceiveLimit(t *testing.T) {
 	for i := range huge {
 		huge[i] = 'a' + byte(rand.IntN(26)) // plain JSON: the raw put stores it as is
 	}
-	watchPut(t, c, p+"b", "b") // so that the compaction covers the read revision + 1
-	last := watchPut(t, c, p+"huge", string(huge))
+	putNamed(t, c, p+"b", "b") // so that the compaction covers the read revision + 1
+	last := putNamed(t, c, p+"huge", string(huge))
 	_, err = c.Compact(ctx, last, clientv3.WithCompactPhysical())
 	require.NoError(t, err)
 	unblock()
