@@ -199,3 +199,22 @@ func (r *recorder[V]) waitFor(t *testing.T, n int) {
 	require.Eventually(t, func() bool { return r.len() >= n }, waitTimeout, 10*time.Millisecond,
 		"the handler should receive %d events", n)
 }
+
+// retryWrite runs op until it succeeds or ctx ends, each attempt bounded to a
+// second: through a healthy member a write fails only while a new leader is
+// elected (the stopped or partitioned member may have been the leader).
+func retryWrite(ctx context.Context, op func(ctx context.Context) error) error {
+	for {
+		actx, cancel := context.WithTimeout(ctx, time.Second)
+		err := op(actx)
+		cancel()
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		select { // back off between attempts; this synchronises nothing
+		case <-ctx.Done():
+			return err
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}

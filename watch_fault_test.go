@@ -28,25 +28,6 @@ import (
 // seqKey is the key of write number i of a sequence under prefix.
 func seqKey(prefix string, i int) string { return fmt.Sprintf("%s%03d", prefix, i) }
 
-// retryWrite runs op until it succeeds or ctx ends, each attempt bounded to a
-// second: through a healthy member a write fails only while a new leader is
-// elected (the stopped or partitioned member may have been the leader).
-func retryWrite(ctx context.Context, op func(ctx context.Context) error) error {
-	for {
-		actx, cancel := context.WithTimeout(ctx, time.Second)
-		err := op(actx)
-		cancel()
-		if err == nil || ctx.Err() != nil {
-			return err
-		}
-		select { // back off between attempts; this synchronises nothing
-		case <-ctx.Done():
-			return err
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-}
-
 // createSeq writes keys from..to of a sequence under prefix, in order,
 // through client. Each write creates its key only if it is absent, so a retry
 // of a write whose outcome was lost never writes it twice: the sequence in
@@ -479,28 +460,4 @@ func TestFaultClosedClientStopsAWatchAndACacheWithOneErrorEach(t *testing.T) {
 	// check runs once the cluster is gone.
 	w.Close()
 	c.Stop()
-}
-
-func TestFaultCancelledStartContextFailsCacheReadsWithCanceled(t *testing.T) {
-	clus := newCluster(t, &integration.ClusterConfig{Size: 3})
-	ctx := testContext(t)
-	const prefix = "/ctx/"
-	put(t, clus.Client(1), prefix+"a", `{"name":"a"}`)
-
-	t.Log("phase 1: a cache started with a cancellable context serves reads")
-	startCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	c := storage.NewCache(clus.Client(0), prefix, func(h *host) string { return prefix + h.Name })
-	require.NoError(t, c.Start(startCtx))
-	t.Cleanup(c.Stop)
-	_, err := c.Get(prefix + "a").Exec(ctx)
-	require.NoError(t, err)
-
-	t.Log("phase 2: cancel Start's context")
-	cancel()
-	require.ErrorIs(t, nextError(t, c.Error(), "cache"), context.Canceled)
-	_, err = c.Get(prefix + "a").Exec(ctx)
-	require.ErrorIs(t, err, context.Canceled)
-	_, err = c.GetPrefix("").Exec(ctx)
-	require.ErrorIs(t, err, context.Canceled)
 }
