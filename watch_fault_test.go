@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -460,4 +461,104 @@ func TestFaultClosedClientStopsAWatchAndACacheWithOneErrorEach(t *testing.T) {
 	// check runs once the cluster is gone.
 	w.Close()
 	c.Stop()
+}
+
+func TestEdgePausedMemberWatchGoesOnWithoutGapOrDuplicate(t *testing.T) {
+	clus := newCluster(t, &integration.ClusterConfig{Size: 3})
+	ctx := testContext(t)
+	leader := clus.WaitLeader(t)
+	paused, writer := (leader+1)%3, (leader+2)%3
+	pm := clus.Members[paused]
+	const prefix = "/edge/paused/seq/"
+
+	t.Logf("phase 1: watch through member %d (a follower), the client knowing only it", paused)
+	cli, err := integration.NewClient(t, clientv3.Config{Endpoints: []string{pm.GRPCURL}, DialTimeout: 5 * time.Second})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = cli.Close() })
+	var rec recorder[*host]
+	op := storage.NewWatchPrefixOp[*host](cli, prefix)
+	require.NoError(t, op.Watch(ctx, rec.handle))
+	t.Cleanup(op.Close)
+	// The watch stream runs through the member to be paused; from now on
+	// the client may use every member, that one first.
+	endpoints := []string{pm.GRPCURL}
+	for i, m := range clus.Members {
+		if i != paused {
+			endpoints = append(endpoints, m.GRPCURL)
+		}
+	}
+	cli.SetEndpoints(endpoints...)
+
+	var log ackedLog
+	stop, writerDone := make(chan struct{}), make(chan error, 1)
+	go func() { writerDone <- writeSequence(ctx, clus.Client(writer), prefix, &log, stop) }()
+	require.Eventually(t, func() bool { return rec.len() >= 20 }, waitTimeout, 10*time.Millisecond, "no write reached the watch before the pause")
+
+	pause := 15 * pm.ElectionTimeout()
+	t.Logf("phase 2: pause member %d for %v (15 election timeouts) while member %d takes writes and TTL puts", paused, pause, writer)
+	sofar := log.sorted()
+	revAtPause := sofar[len(sofar)-1].rev
+	pm.Pause()
+	pausedAt := time.Now()
+	observed := make(chan ttlObservation, 2)
+	for _, ttl := range []time.Duration{time.Second, 2 * time.Second} {
+		o := ttlObservation{key: fmt.Sprintf("/edge/paused/ttl/%v", ttl), ttl: ttl, sent: time.Now()}
+		require.NoError(t, storage.NewPutOp(clus.Client(writer), o.key, &host{Name: "ttl"}).WithTTL(ttl).Exec(ctx))
+		go func() {
+			observed <- observeTTL(ctx, clus.Client(leader), o, o.sent.Add(ttlBound(ttl)+ttlPatience))
+		}()
+		checkLease(ctx, t, clus.Client(writer), o.key, ttl)
+	}
+	time.Sleep(time.Until(pausedAt.Add(pause))) // the fault's duration, not a synchronisation
+	// The member ends the watch with ErrNoLeader once it has missed its
+	// leader for a few election timeouts of its own clock; a slow machine
+	// takes longer, so the pause lasts until the library has resumed.
+	require.Eventually(t, func() bool { return storage.WatchRecovery(op).Resumes >= 1 }, waitTimeout, 10*time.Millisecond,
+		"the library never resumed while member %d was paused: its ErrNoLeader did not reach it (recovery %v)",
+		paused, lazy(func() any { return storage.WatchRecovery(op) }))
+	movedOn := rec.lastRev() > revAtPause
+
+	t.Logf("phase 3: resume member %d after %v (the watch moved on through another member during the pause: %v)",
+		paused, time.Since(pausedAt).Round(time.Millisecond), movedOn)
+	pm.Resume()
+	n := log.len()
+	require.Eventually(t, func() bool { return log.len() >= n+20 }, waitTimeout, 10*time.Millisecond, "no writes after the resume")
+	close(stop)
+	require.NoError(t, <-writerDone)
+	want := log.sorted()
+	last := want[len(want)-1].rev
+	require.Eventually(t, func() bool { return rec.lastRev() >= last }, waitTimeout, 10*time.Millisecond,
+		"the watch stopped at revision %v, last write %d", lazy(func() any { return rec.lastRev() }), last)
+	requireAckedEvents(t, want, rec.snapshot())
+	rc := storage.WatchRecovery(op)
+	t.Logf("%d writes delivered once each, in order; recovery %+v", len(want), rc)
+	assert.GreaterOrEqual(t, rc.Resumes, int64(1), "the library never resumed: the paused member's ErrNoLeader did not reach it")
+	requireNotStopped(t, "the watch", op.Error())
+
+	t.Log("phase 4: the TTL keys written during the pause kept their bound")
+	for range 2 {
+		o := <-observed
+		requireTTLBound(t, o, ttlBound(o.ttl))
+	}
+}
+
+// writeSequence puts prefix+N with port N, N = 0, 1, ..., one every 5 ms,
+// until stop is closed.
+func writeSequence(ctx context.Context, client *clientv3.Client, prefix string, log *ackedLog, stop <-chan struct{}) error {
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for n := 0; ; n++ {
+		select {
+		case <-stop:
+			return nil
+		case <-tick.C:
+		}
+		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		w, err := putAcked(wctx, client, fmt.Sprintf("%s%05d", prefix, n), n)
+		cancel()
+		if err != nil {
+			return err
+		}
+		log.add(w)
+	}
 }
