@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -164,84 +163,6 @@ func startWatch(t *testing.T, c *clientv3.Client, prefix string) (storage.WatchO
 
 // keyValue is a raw write made before a watch starts.
 type keyValue struct{ key, value string }
-
-func TestWatchInitialReadDeliversItemsAsPutsAtTheReadRevision(t *testing.T) {
-	verifyNoLeaks(t)
-	c := newClient(t)
-
-	tests := []struct {
-		name   string
-		writes []keyValue // under the test's prefix, in order
-		want   func(p string, readRev int64) []storage.Event[*host]
-	}{{
-		name:   "an empty prefix delivers nothing",
-		writes: nil,
-		want:   func(string, int64) []storage.Event[*host] { return nil },
-	}, {
-		name:   "a version 1 item is a create, a later version a modify, each with its version",
-		writes: []keyValue{{"b", hostNamedJSON("b1")}, {"a", hostNamedJSON("a1")}, {"b", hostNamedJSON("b2")}, {"b", hostNamedJSON("b3")}},
-		want: func(p string, rev int64) []storage.Event[*host] {
-			return []storage.Event[*host]{wantPut(p+"a", "a1", 1, rev), wantPut(p+"b", "b3", 3, rev)}
-		},
-	}, {
-		name:   "an undecodable item is an error event naming its key, and the read goes on",
-		writes: []keyValue{{"a", hostNamedJSON("a")}, {"bad", "not json"}, {"c", hostNamedJSON("c")}},
-		want: func(p string, rev int64) []storage.Event[*host] {
-			return []storage.Event[*host]{wantPut(p+"a", "a", 1, rev), wantDecodeError(p+"bad", rev), wantPut(p+"c", "c", 1, rev)}
-		},
-	}, {
-		name:   "a JSON null item is an error event",
-		writes: []keyValue{{"null", "null"}},
-		want: func(p string, rev int64) []storage.Event[*host] {
-			return []storage.Event[*host]{wantDecodeError(p+"null", rev)}
-		},
-	}}
-	for i, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			p := fmt.Sprintf("/initial/%d/", i)
-			for _, w := range tt.writes {
-				put(t, c, p+w.key, w.value)
-			}
-			// Another key moves the revision on: the read revision is the
-			// store's, not the last write under the prefix.
-			readRev := put(t, c, "/elsewhere", hostNamedJSON("x"))
-
-			_, rec := startWatch(t, c, p)
-
-			want := tt.want(p, readRev)
-			// Watch returns after the initial read: its events are all in.
-			require.Len(t, rec.c, len(want))
-			requireWatchEvents(t, want, rec.take(t, len(want)))
-
-			rev := putNamed(t, c, p+"zz", "after")
-			requireWatchEvents(t, []storage.Event[*host]{wantPut(p+"zz", "after", 1, rev)}, []storage.Event[*host]{rec.next(t)})
-		})
-	}
-}
-
-func TestWatchInitialReadOfALargePrefixDeliversEveryItemOnceInKeyOrder(t *testing.T) {
-	verifyNoLeaks(t)
-	c := newClient(t)
-	const p, n = "/big/", 2345 // more than two pages of the read
-	var want []string
-	for start := 0; start < n; start += 100 {
-		var ops []clientv3.Op
-		for i := start; i < min(start+100, n); i++ {
-			k := fmt.Sprintf("%s%05d", p, i)
-			want = append(want, k)
-			ops = append(ops, clientv3.OpPut(k, hostNamedJSON(k)))
-		}
-		txnRev(t, c, ops...)
-	}
-	readRev := put(t, c, "/big", hostNamedJSON("outside")) // just outside the prefix
-
-	_, rec := startWatch(t, c, p)
-	events := rec.take(t, len(rec.c))
-	require.Equal(t, want, eventKeys(events))
-	for _, e := range events {
-		require.Equal(t, wantPut(e.Key, e.Key, 1, readRev), e)
-	}
-}
 
 func TestWatchDeliversEachChangeWithItsFields(t *testing.T) {
 	verifyNoLeaks(t)
@@ -802,80 +723,6 @@ func TestWatchOnAClosedClientReportsOneErrorAndStops(t *testing.T) {
 	op.Close()
 }
 
-func TestWatchRelistsWhenItsStartRevisionWasCompacted(t *testing.T) {
-	verifyNoLeaks(t)
-	c := newClient(t)
-	ctx := testContext(t)
-	const p = "/w/"
-
-	putNamed(t, c, p+"k0", "zero") // unchanged throughout
-	putNamed(t, c, p+"k1", "one")
-	putNamed(t, c, p+"k2", "two")
-	readRev := putNamed(t, c, p+"k3", "three")
-
-	// The handler blocks on the last item of the initial read, so the watch
-	// cannot start before the test has compacted past the read revision.
-	rec := newEventQueue()
-	blocked, release := make(chan struct{}), make(chan struct{})
-	var blockOnce, releaseOnce sync.Once
-	unblock := func() { releaseOnce.Do(func() { close(release) }) }
-	handle := func(e *storage.Event[*host]) error {
-		rec.c <- *e
-		if e.Key == p+"k3" {
-			blockOnce.Do(func() {
-				close(blocked)
-				<-release
-			})
-		}
-		return nil
-	}
-	op := storage.NewWatchPrefixOp[*host](c, p)
-	t.Cleanup(op.Close)
-	t.Cleanup(unblock) // runs before Close, should the test fail while blocked
-	watchErr := make(chan error, 1)
-	go func() { watchErr <- op.Watch(ctx, handle) }()
-
-	waitSignal(t, blocked, "initial read reached its last item")
-	t.Log("phase 1: change the prefix while the initial read is delivered, compact past the read revision")
-	putNamed(t, c, p+"k1", "one'")
-	deleteRev(t, c, p+"k2")
-	deleteRev(t, c, p+"k3")
-	putNamed(t, c, p+"k3", "three'")
-	lastRev := putNamed(t, c, p+"k4", "four")
-	_, err := c.Compact(ctx, lastRev, clientv3.WithCompactPhysical())
-	require.NoError(t, err)
-
-	t.Log("phase 2: release the handler; the watch from the read revision + 1 must relist")
-	unblock()
-	require.NoError(t, recvError(t, watchErr), "Watch")
-	initial := rec.take(t, 4)
-	requireWatchEvents(t, []storage.Event[*host]{
-		wantPut(p+"k0", "zero", 1, readRev), wantPut(p+"k1", "one", 1, readRev),
-		wantPut(p+"k2", "two", 1, readRev), wantPut(p+"k3", "three", 1, readRev),
-	}, initial)
-
-	putNamed(t, c, p+"k9", "sentinel")
-	later := rec.until(t, p+"k9")
-	require.GreaterOrEqual(t, storage.WatchRecovery(op).Relists, int64(1))
-
-	// The relist delivers what changed, each key once, at the re-read's
-	// revision; k0 did not change and is not delivered again. The sentinel
-	// comes from the re-read or from the watch after it.
-	relisted := later[:len(later)-1]
-	require.NotEmpty(t, relisted)
-	relistRev := relisted[0].Revision
-	require.GreaterOrEqual(t, relistRev, lastRev)
-	slices.SortStableFunc(relisted, func(a, b storage.Event[*host]) int { return strings.Compare(a.Key, b.Key) })
-	requireWatchEvents(t, []storage.Event[*host]{
-		wantPut(p+"k1", "one'", 2, relistRev),
-		wantDelete(p+"k2", relistRev),
-		wantPut(p+"k3", "three'", 1, relistRev), // re-created: a create again
-		wantPut(p+"k4", "four", 1, relistRev),
-	}, relisted)
-
-	requireReplayEqualsEtcd(t, c, p, append(initial, later...))
-}
-
 // replayState is what a replay of events knows of a key.
 type replayState struct {
 	Name    string
@@ -1001,61 +848,3 @@ func TestWatchReplayOfManyWritesEqualsAFreshRead(t *testing.T) {
 
 // recordNamedJSON is the stored form of a record named name.
 func recordNamedJSON(name string) string { return fmt.Sprintf(`{"name":%q,"count":0}`, name) }
-
-func TestWatchStopsOnAValueLargerThanTheReceiveLimit(t *testing.T) {
-	verifyNoLeaks(t)
-	const recvLimit = 128 << 10
-	s, err := storagetest.Start()
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, s.Close()) })
-	wc, err := s.NewClient(clientv3.Config{DialTimeout: 5 * time.Second, MaxCallRecvMsgSize: recvLimit})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = wc.Close() }) // on failure; a second Close is harmless
-	c, ctx := s.Client(), testContext(t)
-	const p = "/w/"
-	putNamed(t, c, p+"a", "a")
-
-	// As in TestWatchRelistsWhenItsStartRevisionWasCompacted: the handler
-	// holds the initial read while a value too large for the watch client
-	// is written and the read revision compacted, so that the watch must
-	// re-read, and even a page of one value exceeds the receive limit.
-	blocked, release := make(chan struct{}), make(chan struct{})
-	var blockOnce, releaseOnce sync.Once
-	unblock := func() { releaseOnce.Do(func() { close(release) }) }
-	op := storage.NewWatchPrefixOp[*host](wc, p)
-	t.Cleanup(op.Close)
-	t.Cleanup(unblock)
-	handle := func(e *storage.Event[*host]) error {
-		blockOnce.Do(func() {
-			close(blocked)
-			<-release
-		})
-		return nil
-	}
-	watchErr := make(chan error, 1)
-	go func() { watchErr <- op.Watch(ctx, handle) }()
-	waitSignal(t, blocked, "initial read delivered")
-	huge := make([]byte, 3*recvLimit)
-	for i := range huge {
-		huge[i] = 'a' + byte(rand.IntN(26)) // plain JSON: the raw put stores it as is
-	}
-	putNamed(t, c, p+"b", "b") // so that the compaction covers the read revision + 1
-	last := putNamed(t, c, p+"huge", string(huge))
-	_, err = c.Compact(ctx, last, clientv3.WithCompactPhysical())
-	require.NoError(t, err)
-	unblock()
-	require.NoError(t, recvError(t, watchErr), "Watch")
-
-	t.Log("phase 1: the re-read cannot receive the huge value: the run stops with one error, no endless retry")
-	err = recvError(t, op.Error())
-	require.ErrorContains(t, err, "receive limit")
-	require.ErrorContains(t, err, p)
-	relists := storage.WatchRecovery(op).Relists
-	require.GreaterOrEqual(t, relists, int64(1))
-	select {
-	case err := <-op.Error():
-		t.Fatalf("a second error: %v", err)
-	case <-time.After(500 * time.Millisecond):
-	}
-	require.Equal(t, relists, storage.WatchRecovery(op).Relists, "relists after the run stopped")
-}
