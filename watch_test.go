@@ -7,10 +7,13 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
@@ -848,3 +851,283 @@ func TestWatchReplayOfManyWritesEqualsAFreshRead(t *testing.T) {
 
 // recordNamedJSON is the stored form of a record named name.
 func recordNamedJSON(name string) string { return fmt.Sprintf(`{"name":%q,"count":0}`, name) }
+
+func TestEdgeUndecodableValueMidStreamIsAnErrorEventAndTheWatchGoesOn(t *testing.T) {
+	verifyNoLeaks(t)
+	client := newClient(t)
+	ctx := testContext(t)
+	for i, tc := range []struct {
+		name string
+		bad  []byte
+	}{
+		{"not JSON", []byte("not json {")},
+		{"JSON null", []byte("null")},
+		{"JSON of another shape", []byte(`{"port":"eighty"}`)},
+		{"gzip magic, broken stream", []byte{0x1f, 0x8b, 0x08, 0x00, 0x01, 0x02, 0x03}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			prefix := fmt.Sprintf("/edge/bad/%d/", i)
+			key := prefix + "k"
+			named := fmt.Sprintf("failed to decode %q", key)
+			keyOf := func(h *host) string { return prefix + h.Name }
+			good1 := storage.NewPutOp(client, key, &host{Name: "k", Port: 1})
+			require.NoError(t, good1.Exec(ctx))
+
+			var rec recorder[*host]
+			op := storage.NewWatchPrefixOp[*host](client, prefix)
+			require.NoError(t, op.Watch(ctx, rec.handle))
+			defer op.Close()
+			cache := storage.NewCache(client, prefix, keyOf)
+			require.NoError(t, cache.Start(ctx))
+			defer cache.Stop()
+			// steps checks that the cache's answers only move forward: once
+			// it answered a step, it never answers an earlier one (never the
+			// value from before the bad bytes, for one).
+			steps := &stepReader{cache: cache, key: key}
+			require.Equal(t, 0, steps.await(t, 0), "the cache does not serve the first value")
+
+			t.Log("phase 1: raw bytes that cannot be decoded")
+			resp, err := client.Put(ctx, key, string(tc.bad))
+			require.NoError(t, err)
+			revBad := resp.Header.Revision
+			steps.await(t, 1)
+			_, err = cache.Get(key).Exec(ctx)
+			require.ErrorContains(t, err, named)
+			require.NotErrorIs(t, err, storage.ErrNotFound)
+			_, etcdErr := storage.NewGetOp[*host](client, key).Exec(ctx)
+			require.ErrorContains(t, etcdErr, named, "an etcd read says otherwise")
+			_, err = cache.GetPrefix("").Exec(ctx)
+			require.ErrorContains(t, err, named, "GetPrefix over the key")
+			_, etcdErr = storage.NewGetPrefixOp[*host](client, prefix).Exec(ctx)
+			require.ErrorContains(t, etcdErr, named, "an etcd prefix read says otherwise")
+
+			// A watch and a cache started now meet the bytes in their first read.
+			var late recorder[*host]
+			lateOp := storage.NewWatchPrefixOp[*host](client, prefix)
+			require.NoError(t, lateOp.Watch(ctx, late.handle), "the initial read stopped at the bad bytes")
+			defer lateOp.Close()
+			lateCache := storage.NewCache(client, prefix, keyOf)
+			require.NoError(t, lateCache.Start(ctx))
+			defer lateCache.Stop()
+			_, err = lateCache.Get(key).Exec(ctx)
+			require.ErrorContains(t, err, named)
+
+			t.Log("phase 2: a good value")
+			good2 := storage.NewPutOp(client, key, &host{Name: "k", Port: 2})
+			require.NoError(t, good2.Exec(ctx))
+			steps.await(t, 2)
+			got, err := cache.Get(key).Exec(ctx)
+			require.NoError(t, err)
+			assert.Equal(t, hostWithVersion("k", 2, 3), got)
+
+			t.Log("phase 3: a delete")
+			del := storage.NewDeleteKeyOp(client, key)
+			_, err = del.Exec(ctx)
+			require.NoError(t, err)
+			steps.await(t, 3)
+			_, err = cache.Get(key).Exec(ctx)
+			require.ErrorIs(t, err, storage.ErrNotFound)
+			require.ErrorContains(t, err, key)
+			all, err := cache.GetPrefix("").Exec(ctx)
+			require.NoError(t, err)
+			require.Empty(t, all)
+
+			t.Log("phase 4: the watches saw each step once and go on")
+			require.Eventually(t, func() bool { return rec.lastRev() >= del.Revision() }, waitTimeout, 10*time.Millisecond, "the watch missed the delete")
+			require.Eventually(t, func() bool { return late.lastRev() >= del.Revision() }, waitTimeout, 10*time.Millisecond, "the late watch missed the delete")
+			for _, r := range []*recorder[*host]{&rec, &late} {
+				events := r.snapshot()
+				first := 1
+				if r == &late {
+					first = 0 // its first read saw the bad bytes
+				} else {
+					require.Equal(t, storage.EventTypePut, events[0].Type)
+					require.Equal(t, 1, events[0].Value.Port)
+				}
+				require.Len(t, events, first+3, "events: %v", events)
+				bad := events[first]
+				require.Equal(t, storage.EventTypeError, bad.Type)
+				require.Equal(t, key, bad.Key)
+				require.ErrorContains(t, bad.Err, named)
+				if r == &rec {
+					require.Equal(t, revBad, bad.Revision)
+				}
+				require.Equal(t, storage.EventTypePut, events[first+1].Type)
+				require.Equal(t, hostWithVersion("k", 2, 3), events[first+1].Value)
+				require.Equal(t, good2.Revision(), events[first+1].Revision)
+				require.Equal(t, storage.EventTypeDelete, events[first+2].Type)
+				require.Equal(t, key, events[first+2].Key)
+				require.Equal(t, del.Revision(), events[first+2].Revision)
+			}
+			requireNotStopped(t, "the watch", op.Error())
+			requireNotStopped(t, "the late watch", lateOp.Error())
+			requireNotStopped(t, "the cache", cache.Error())
+			requireNotStopped(t, "the late cache", lateCache.Error())
+		})
+	}
+}
+
+// stepReader reads one key of a cache and classifies the answer: 0 the
+// first value (port 1), 1 a decode error, 2 the second value (port 2), 3 not
+// found. Answers must never go back to an earlier step.
+type stepReader struct {
+	cache storage.Cache[*host]
+	key   string
+	seen  int
+}
+
+func (s *stepReader) step(t *testing.T) int {
+	t.Helper()
+	v, err := s.cache.Get(s.key).Exec(context.Background())
+	step := -1
+	switch {
+	case errors.Is(err, storage.ErrNotFound):
+		step = 3
+	case err != nil && strings.Contains(err.Error(), "failed to decode"):
+		step = 1
+	case err != nil:
+		t.Fatalf("cache get %s: %v", s.key, err)
+	case v.Port == 1:
+		step = 0
+	case v.Port == 2:
+		step = 2
+	}
+	require.GreaterOrEqualf(t, step, s.seen, "the cache went back from step %d to %d (%v, %v)", s.seen, step, v, err)
+	s.seen = step
+	return step
+}
+
+// await polls until the cache answers step want, checking every answer on
+// the way, and then a few more.
+func (s *stepReader) await(t *testing.T, want int) int {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for s.step(t) < want {
+		require.Truef(t, time.Now().Before(deadline), "the cache never reached step %d", want)
+		time.Sleep(time.Millisecond) // polling interval
+	}
+	for range 20 {
+		s.step(t)
+	}
+	return s.seen
+}
+
+// rawReadLoop is readLoop with the raw client: bytes only, no
+// decoding.
+func rawReadLoop(ctx context.Context, client *clientv3.Client, prefix string, reads *atomic.Int64) error {
+	for ctx.Err() == nil {
+		if _, err := client.Get(ctx, prefix, clientv3.WithPrefix()); err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			return err
+		}
+		reads.Add(1)
+	}
+	return nil
+}
+
+// arrivalLog records when each port arrived at one watch.
+type arrivalLog struct {
+	mu sync.Mutex // protects at
+	at map[int]time.Time
+}
+
+func (a *arrivalLog) handle(e *storage.Event[*host]) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if e.Type == storage.EventTypePut {
+		if _, dup := a.at[e.Value.Port]; dup {
+			return fmt.Errorf("port %d delivered twice", e.Value.Port)
+		}
+		a.at[e.Value.Port] = time.Now()
+	}
+	return nil
+}
+
+func (a *arrivalLog) count() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.at)
+}
+
+func TestEdgeManyWatchesOnOneClientWithHeavyReadsGetEveryEvent(t *testing.T) {
+	verifyNoLeaks(t)
+	srv := newServer(t)
+	client, writer := srv.Client(), newServerClient(t, srv)
+	ctx := testContext(t)
+	const blobs, watched = "/edge/heavy/blobs/", "/edge/heavy/watched/"
+	const writes = 100
+	watches := scaled(t, "EDGE_HEAVY_WATCHES", 100)
+	loadBlobs(ctx, t, writer, blobs, 200, 16<<10)
+
+	t.Logf("phase 1: %d watches and a cache on one client", watches)
+	ops := make([]storage.WatchOp[*host], watches)
+	arrivals := make([]*arrivalLog, watches)
+	for i := range watches {
+		arrivals[i] = &arrivalLog{at: map[int]time.Time{}}
+		ops[i] = storage.NewWatchPrefixOp[*host](client, watched)
+		t.Cleanup(ops[i].Close)
+		require.NoError(t, ops[i].Watch(ctx, arrivals[i].handle))
+	}
+	cache := storage.NewCache(client, watched, func(h *host) string { return watched + h.Name })
+	require.NoError(t, cache.Start(ctx))
+	defer cache.Stop()
+
+	t.Log("phase 2: two goroutines loop 3 MiB prefix reads on the same client (one decoding, one raw) while another client writes")
+	rctx, stopReads := context.WithCancel(ctx)
+	var decodedReads, rawReads atomic.Int64
+	decodedDone, rawDone := make(chan error, 1), make(chan error, 1)
+	go func() { decodedDone <- readLoop(rctx, client, blobs, &decodedReads) }()
+	go func() { rawDone <- rawReadLoop(rctx, client, blobs, &rawReads) }()
+	defer stopReads()
+	// The writes start once both loops are under way, however long a 3 MiB
+	// read takes on this machine: the loops then run through every write.
+	require.Eventually(t, func() bool { return decodedReads.Load() >= 1 && rawReads.Load() >= 1 }, 60*time.Second, 10*time.Millisecond,
+		"the read loops never completed a read (%v decoded, %v raw)", lazy(func() any { return decodedReads.Load() }),
+		lazy(func() any { return rawReads.Load() }))
+	sent := make([]time.Time, writes)
+	tick := time.NewTicker(20 * time.Millisecond)
+	for i := range writes {
+		<-tick.C // the writer's pace
+		sent[i] = time.Now()
+		_, err := putAcked(ctx, writer, fmt.Sprintf("%s%02d", watched, i), i)
+		require.NoError(t, err)
+	}
+	tick.Stop()
+
+	// Delivery must not starve behind the reads: every event arrives, once
+	// (the handler fails on a duplicate). How fast depends on the machine,
+	// so the latencies are logged, and the wait is generous.
+	t.Log("phase 3: every event reaches every watch and the cache")
+	require.Eventually(t, func() bool {
+		for _, a := range arrivals {
+			if a.count() < writes {
+				return false
+			}
+		}
+		return true
+	}, 60*time.Second, 10*time.Millisecond, "some watch misses events")
+	require.Eventually(t, func() bool {
+		got, err := cache.GetPrefix("").Exec(ctx)
+		return err == nil && len(got) == writes
+	}, 60*time.Second, 10*time.Millisecond, "the cache misses events")
+	stopReads()
+	require.NoError(t, <-decodedDone)
+	require.NoError(t, <-rawDone)
+	var lat []time.Duration
+	for _, a := range arrivals {
+		a.mu.Lock()
+		for port, at := range a.at {
+			lat = append(lat, at.Sub(sent[port]))
+		}
+		a.mu.Unlock()
+	}
+	slices.Sort(lat)
+	t.Logf("%d deliveries during %d + %d heavy reads: p50 %v, p99 %v, max %v", len(lat), decodedReads.Load(), rawReads.Load(),
+		lat[len(lat)/2].Round(time.Microsecond), lat[len(lat)*99/100].Round(time.Microsecond), lat[len(lat)-1].Round(time.Microsecond))
+	for i, op := range ops {
+		requireNotStopped(t, fmt.Sprintf("watch %d", i), op.Error())
+	}
+	requireNotStopped(t, "the cache", cache.Error())
+}
