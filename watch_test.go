@@ -2,7 +2,6 @@ package storage_test
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -22,150 +21,6 @@ import (
 	"github.com/etcdkit/storage"
 	"github.com/etcdkit/storage/storagetest"
 )
-
-// eventQueue collects, in order, the events its handle receives.
-type eventQueue struct {
-	c chan storage.Event[*host]
-}
-
-func newEventQueue() *eventQueue {
-	// Large enough that handle never blocks in these tests: a blocked
-	// handler would hold up Close.
-	return &eventQueue{c: make(chan storage.Event[*host], 4096)}
-}
-
-func (r *eventQueue) handle(e *storage.Event[*host]) error {
-	r.c <- *e
-	return nil
-}
-
-// next returns the next event, failing the test if none comes in waitTimeout.
-func (r *eventQueue) next(t *testing.T) storage.Event[*host] {
-	t.Helper()
-	timer := time.NewTimer(waitTimeout)
-	defer timer.Stop()
-	select {
-	case e := <-r.c:
-		return e
-	case <-timer.C:
-		t.Fatalf("no watch event within %v", waitTimeout)
-		return storage.Event[*host]{}
-	}
-}
-
-// take returns the next n events.
-func (r *eventQueue) take(t *testing.T, n int) []storage.Event[*host] {
-	t.Helper()
-	events := make([]storage.Event[*host], n)
-	for i := range events {
-		events[i] = r.next(t)
-	}
-	return events
-}
-
-// until returns the events up to and including the first one for key.
-func (r *eventQueue) until(t *testing.T, key string) []storage.Event[*host] {
-	t.Helper()
-	var events []storage.Event[*host]
-	for {
-		e := r.next(t)
-		events = append(events, e)
-		if e.Key == key {
-			return events
-		}
-	}
-}
-
-// requireQuiet asserts that no event arrives within quietWindow.
-func (r *eventQueue) requireQuiet(t *testing.T) {
-	t.Helper()
-	select {
-	case e := <-r.c:
-		t.Fatalf("unexpected watch event: %+v", e)
-	case <-time.After(quietWindow):
-	}
-}
-
-// hostNamedJSON is the stored form of a host named name, as NewPutOp writes it.
-func hostNamedJSON(name string) string {
-	data, err := json.Marshal(&host{Name: name})
-	if err != nil {
-		panic(err)
-	}
-	return string(data)
-}
-
-// putNamed stores a host named name at key and returns the put's revision.
-func putNamed(t *testing.T, c *clientv3.Client, key, name string) int64 {
-	t.Helper()
-	return put(t, c, key, hostNamedJSON(name))
-}
-
-// deleteRev deletes key and returns the delete's revision.
-func deleteRev(t *testing.T, c *clientv3.Client, key string) int64 {
-	t.Helper()
-	resp, err := c.Delete(testContext(t), key)
-	require.NoError(t, err)
-	return resp.Header.Revision
-}
-
-// txnRev commits ops unconditionally and returns the txn's revision.
-func txnRev(t *testing.T, c *clientv3.Client, ops ...clientv3.Op) int64 {
-	t.Helper()
-	resp, err := c.Txn(testContext(t)).Then(ops...).Commit()
-	require.NoError(t, err)
-	require.True(t, resp.Succeeded)
-	return resp.Header.Revision
-}
-
-func wantPut(key, name string, version, rev int64) storage.Event[*host] {
-	return storage.Event[*host]{Type: storage.EventTypePut, Key: key, Value: hostWithVersion(name, 0, version),
-		IsCreate: version == 1, IsModify: version > 1, Revision: rev}
-}
-
-func wantDelete(key string, rev int64) storage.Event[*host] {
-	return storage.Event[*host]{Type: storage.EventTypeDelete, Key: key, Revision: rev}
-}
-
-// wantDecodeError is an undecodable value at key: the event's Err must name the key.
-func wantDecodeError(key string, rev int64) storage.Event[*host] {
-	return storage.Event[*host]{Type: storage.EventTypeError, Key: key, Revision: rev,
-		Err: fmt.Errorf("failed to decode %q", key)}
-}
-
-// requireWatchEvents compares events field by field. For an expected error event
-// it requires Key, Revision, no Value and an Err containing the expected
-// error's text (IsCreate and IsModify are not part of the claim there).
-func requireWatchEvents(t *testing.T, want, got []storage.Event[*host]) {
-	t.Helper()
-	require.Len(t, got, len(want), "events: %+v", got)
-	for i := range want {
-		w, g := want[i], got[i]
-		if w.Type != storage.EventTypeError {
-			require.Equal(t, w, g, "event %d", i)
-			continue
-		}
-		require.Equal(t, storage.EventTypeError, g.Type, "event %d: %+v", i, g)
-		require.Equal(t, w.Key, g.Key, "event %d", i)
-		require.Equal(t, w.Revision, g.Revision, "event %d", i)
-		require.Nil(t, g.Value, "event %d", i)
-		require.ErrorContains(t, g.Err, w.Err.Error(), "event %d", i)
-	}
-}
-
-// startWatch starts a prefix watch recording into a new recorder, closed
-// when the test ends.
-func startWatch(t *testing.T, c *clientv3.Client, prefix string) (storage.WatchOp[*host], *eventQueue) {
-	t.Helper()
-	op := storage.NewWatchPrefixOp[*host](c, prefix)
-	rec := newEventQueue()
-	require.NoError(t, op.Watch(testContext(t), rec.handle))
-	t.Cleanup(op.Close)
-	return op, rec
-}
-
-// keyValue is a raw write made before a watch starts.
-type keyValue struct{ key, value string }
 
 func TestWatchDeliversEachChangeWithItsFields(t *testing.T) {
 	verifyNoLeaks(t)
@@ -313,22 +168,6 @@ func TestWatchEmptyPrefixWatchesEveryKey(t *testing.T) {
 	putNamed(t, c, "/", "root")
 	deleteRev(t, c, "/a")
 	require.Equal(t, []string{"c", "/", "/a"}, eventKeys(rec.take(t, 3)))
-}
-
-func prefixKeys(p string, keys []string) []string {
-	out := make([]string, len(keys))
-	for i, k := range keys {
-		out[i] = p + k
-	}
-	return out
-}
-
-func eventKeys(events []storage.Event[*host]) []string {
-	keys := make([]string, len(events))
-	for i, e := range events {
-		keys[i] = e.Key
-	}
-	return keys
 }
 
 func TestWatchTwiceIsAlreadyInProgress(t *testing.T) {
@@ -726,44 +565,6 @@ func TestWatchOnAClosedClientReportsOneErrorAndStops(t *testing.T) {
 	op.Close()
 }
 
-// replayState is what a replay of events knows of a key.
-type replayState struct {
-	Name    string
-	Version int64
-}
-
-// requireReplayEqualsEtcd applies events in order to an empty map and
-// requires the result to equal a fresh read of the prefix.
-func requireReplayEqualsEtcd(t *testing.T, c *clientv3.Client, prefix string, events []storage.Event[*host]) {
-	t.Helper()
-	replay := map[string]replayState{}
-	for _, e := range events {
-		switch e.Type {
-		case storage.EventTypePut:
-			replay[e.Key] = replayState{e.Value.Name, e.Value.Version()}
-		case storage.EventTypeDelete:
-			delete(replay, e.Key)
-		default:
-			t.Fatalf("unexpected event %+v", e)
-		}
-	}
-	require.Equal(t, readReplayState(t, c, prefix), replay)
-}
-
-// readReplayState reads prefix straight from etcd.
-func readReplayState(t *testing.T, c *clientv3.Client, prefix string) map[string]replayState {
-	t.Helper()
-	resp, err := c.Get(testContext(t), prefix, clientv3.WithPrefix())
-	require.NoError(t, err)
-	out := make(map[string]replayState, len(resp.Kvs))
-	for _, kv := range resp.Kvs {
-		var h host
-		require.NoError(t, json.Unmarshal(kv.Value, &h), "key %s", kv.Key)
-		out[string(kv.Key)] = replayState{h.Name, kv.Version}
-	}
-	return out
-}
-
 func TestWatchProgressNotificationsMoveAnIdleWatch(t *testing.T) {
 	verifyNoLeaks(t)
 	c := newClient(t, storagetest.WithServerConfig(func(cfg *embed.Config) {
@@ -848,9 +649,6 @@ func TestWatchReplayOfManyWritesEqualsAFreshRead(t *testing.T) {
 	requireReplayEqualsEtcd(t, c, p, append(initial, events...))
 	require.Zero(t, storage.WatchRecovery(op).Resumes+storage.WatchRecovery(op).Relists, "a healthy watch needed recovery")
 }
-
-// recordNamedJSON is the stored form of a record named name.
-func recordNamedJSON(name string) string { return fmt.Sprintf(`{"name":%q,"count":0}`, name) }
 
 func TestEdgeUndecodableValueMidStreamIsAnErrorEventAndTheWatchGoesOn(t *testing.T) {
 	verifyNoLeaks(t)
