@@ -111,29 +111,14 @@ func requireNoMoreErrors(t *testing.T, errc <-chan error) {
 	require.Never(t, func() bool { return len(errc) > 0 }, 200*time.Millisecond, 10*time.Millisecond, "a second error on Error()")
 }
 
-// nextError returns the next error on errc, failing the test if none comes
-// within waitTimeout or if it is nil.
+// nextError returns the next error on errc (an Error() channel, or what a
+// Watch run in a goroutine returned), failing the test if none comes within
+// waitTimeout or if it is nil.
 func nextError(t *testing.T, errc <-chan error, msgAndArgs ...any) error {
 	t.Helper()
-	err := recvError(t, errc)
+	err := recvValue(t, errc)
 	require.Error(t, err, msgAndArgs...)
 	return err
-}
-
-// recvError returns the next value on errc (an error from Error(), or
-// what a Watch run in a goroutine returned), failing the test if none comes
-// in waitTimeout.
-func recvError(t *testing.T, errc <-chan error) error {
-	t.Helper()
-	timer := time.NewTimer(waitTimeout)
-	defer timer.Stop()
-	select {
-	case err := <-errc:
-		return err
-	case <-timer.C:
-		t.Fatalf("no error on the watch's error channel within %v", waitTimeout)
-		return nil
-	}
 }
 
 // waitSignal waits for c to be closed, failing the test after waitTimeout.
@@ -651,3 +636,16 @@ func readReplayState(t *testing.T, c *clientv3.Client, prefix string) map[string
 
 // recordNamedJSON is the stored form of a record named name.
 func recordNamedJSON(name string) string { return fmt.Sprintf(`{"name":%q,"count":0}`, name) }
+
+// recvValue returns the next value on c, failing the test after waitTimeout.
+func recvValue[T any](t *testing.T, c <-chan T) T {
+	t.Helper()
+	select {
+	case v := <-c:
+		return v
+	case <-time.After(waitTimeout):
+		t.Fatalf("nothing within %v", waitTimeout)
+		var zero T
+		return zero
+	}
+}

@@ -223,7 +223,7 @@ func TestLifecycleWatchDuringCloseIsRefusedAndLaterErrorsAreKept(t *testing.T) {
 		return nil
 	})))
 	putNamed(t, c, "/lc/fail", "f")
-	require.ErrorIs(t, recvError(t, op.Error()), errBoom)
+	require.ErrorIs(t, recvValue(t, op.Error()), errBoom)
 	require.ErrorIs(t, op.Watch(ctx, ignoreEvent), storage.ErrWatchAlreadyInProgress, "the stopped run is in progress until Close")
 	require.Zero(t, overlaps.Load(), "two handlers ran at once")
 }
@@ -255,7 +255,7 @@ func TestLifecycleCloseThenWatchInsideTheHandlerIsRefused(t *testing.T) {
 	}
 	require.NoError(t, op.Watch(ctx, handle))
 	putNamed(t, c, "/lc/restart", "r")
-	require.ErrorIs(t, recvError(t, inner), storage.ErrWatchAlreadyInProgress,
+	require.ErrorIs(t, recvValue(t, inner), storage.ErrWatchAlreadyInProgress,
 		"the run closed from inside its handler is in progress until the handler returned")
 	require.Zero(t, overlaps.Load(), "two handlers ran at once")
 
@@ -263,19 +263,6 @@ func TestLifecycleCloseThenWatchInsideTheHandlerIsRefused(t *testing.T) {
 	rec := newEventQueue()
 	require.Eventually(t, func() bool { return op.Watch(ctx, rec.handle) == nil }, waitTimeout, time.Millisecond)
 	require.ElementsMatch(t, []string{"/lc/a", "/lc/restart"}, eventKeys(rec.take(t, 2)))
-}
-
-// recvValue returns the next value on c, failing the test after waitTimeout.
-func recvValue[T any](t *testing.T, c <-chan T) T {
-	t.Helper()
-	select {
-	case v := <-c:
-		return v
-	case <-time.After(waitTimeout):
-		t.Fatalf("nothing within %v", waitTimeout)
-		var zero T
-		return zero
-	}
 }
 
 // readGate holds the range requests of the client it is installed in while
@@ -612,7 +599,7 @@ func TestLifecycleWatchUnderConcurrentWatchCloseAndHandlerCloses(t *testing.T) {
 	<-drained
 	putNamed(t, client, p+"final", "f")
 	require.Equal(t, p+"final", recvValue(t, got))
-	require.ErrorIs(t, recvError(t, h.op.Error()), errBoom)
+	require.ErrorIs(t, recvValue(t, h.op.Error()), errBoom)
 	h.op.Close()
 	bad.require(t)
 }

@@ -538,7 +538,7 @@ func TestWatchRelistsWhenItsStartRevisionWasCompacted(t *testing.T) {
 
 	t.Log("phase 2: release the handler; the watch from the read revision + 1 must relist")
 	unblock()
-	require.NoError(t, recvError(t, watchErr), "Watch")
+	require.NoError(t, recvValue(t, watchErr), "Watch")
 	initial := rec.take(t, 4)
 	requireWatchEvents(t, []storage.Event[*host]{
 		wantPut(p+"k0", "zero", 1, readRev), wantPut(p+"k1", "one", 1, readRev),
@@ -609,10 +609,10 @@ func TestWatchStopsOnAValueLargerThanTheReceiveLimit(t *testing.T) {
 	_, err = c.Compact(ctx, last, clientv3.WithCompactPhysical())
 	require.NoError(t, err)
 	unblock()
-	require.NoError(t, recvError(t, watchErr), "Watch")
+	require.NoError(t, recvValue(t, watchErr), "Watch")
 
 	t.Log("phase 1: the re-read cannot receive the huge value: the run stops with one error, no endless retry")
-	err = recvError(t, op.Error())
+	err = recvValue(t, op.Error())
 	require.ErrorContains(t, err, "receive limit")
 	require.ErrorContains(t, err, p)
 	relists := storage.WatchRecovery(op).Relists

@@ -280,7 +280,7 @@ func TestWatchHandlerErrorStopsTheRunAndIsReportedOnce(t *testing.T) {
 
 	txnRev(t, c, clientv3.OpPut("/w/fail", hostNamedJSON("f")), clientv3.OpPut("/w/same-txn", hostNamedJSON("x")))
 	require.Equal(t, "/w/fail", rec.next(t).Key)
-	err := recvError(t, op.Error())
+	err := recvValue(t, op.Error())
 	require.ErrorIs(t, err, errBoom)
 	require.ErrorContains(t, err, "watch prefix /w/")
 
@@ -326,7 +326,7 @@ func TestWatchContextCancelStopsTheRunWithCanceled(t *testing.T) {
 	require.NoError(t, op.Watch(ctx, rec.handle))
 
 	cancel()
-	err := recvError(t, op.Error())
+	err := recvValue(t, op.Error())
 	require.ErrorIs(t, err, context.Canceled)
 	require.ErrorContains(t, err, "watch prefix /w/")
 
@@ -370,7 +370,7 @@ func TestWatchPropagateErrorsForwardsUntilItsContextEnds(t *testing.T) {
 	op.PropagateErrors(pctx, forwarded)
 
 	putNamed(t, c, "/w/fail", "f")
-	require.ErrorIs(t, recvError(t, forwarded), errBoom)
+	require.ErrorIs(t, recvValue(t, forwarded), errBoom)
 
 	pcancel()
 	// Its goroutine is the only one started since; it must end with pctx.
@@ -380,7 +380,7 @@ func TestWatchPropagateErrorsForwardsUntilItsContextEnds(t *testing.T) {
 	deleteRev(t, c, "/w/fail")
 	require.NoError(t, op.Watch(ctx, failing))
 	putNamed(t, c, "/w/fail", "f")
-	require.ErrorIs(t, recvError(t, op.Error()), errBoom, "the error of a later run stays on Error()")
+	require.ErrorIs(t, recvValue(t, op.Error()), errBoom, "the error of a later run stays on Error()")
 	require.Empty(t, forwarded)
 }
 
@@ -515,7 +515,7 @@ func TestWatchFiltersHoldForTheEventsOfAReRead(t *testing.T) {
 
 			t.Log("phase 2: release the handler; the watch must re-read, filtering what it synthesises")
 			unblock()
-			require.NoError(t, recvError(t, watchErr), "Watch")
+			require.NoError(t, recvValue(t, watchErr), "Watch")
 			require.Equal(t, []string{p + "k0", p + "k1", p + "k2"}, eventKeys(rec.take(t, 3)), "the initial read is not filtered")
 			tc.sentinel(t)
 			got := rec.take(t, len(tc.want))
@@ -548,7 +548,7 @@ func TestWatchOnAClosedClientReportsOneErrorAndStops(t *testing.T) {
 	require.Equal(t, "/w/a", rec.next(t).Key, "the watch runs")
 
 	_ = wc.Close() // reports context.Canceled: its own context ends
-	err = recvError(t, op.Error())
+	err = recvValue(t, op.Error())
 	require.ErrorIs(t, err, context.Canceled)
 	require.ErrorContains(t, err, "client closed")
 	require.ErrorContains(t, err, "watch prefix /w/")
