@@ -62,10 +62,10 @@ func goroutinesIn(fn string) int {
 // closeFrame is the frame every Close and Stop waits in.
 const closeFrame = "storage.(*watcher).close"
 
-// startLifecycleWriter puts new values to lifecycleKeys keys under prefix,
+// startHostWriter puts new values to lifecycleKeys keys under prefix,
 // all in one txn, again and again until the returned stop function is called; stop waits
 // for the writer to exit.
-func startLifecycleWriter(ctx context.Context, t *testing.T, client *clientv3.Client, prefix string) (stop func()) {
+func startHostWriter(ctx context.Context, t *testing.T, client *clientv3.Client, prefix string) (stop func()) {
 	t.Helper()
 	for i := range lifecycleKeys {
 		put(t, client, fmt.Sprintf("%sk%02d", prefix, i), rawHostJSON("w", i))
@@ -341,14 +341,14 @@ func TestLifecycleConcurrentStopsAllWaitForAStartInProgress(t *testing.T) {
 	require.Equal(t, []*host{hostWithVersion("lc/a", 1, 1)}, got)
 }
 
-// lifecycleViolations collects what hammer goroutines found wrong; they
+// violationLog collects what hammer goroutines found wrong; they
 // cannot fail the test themselves.
-type lifecycleViolations struct {
+type violationLog struct {
 	mu   sync.Mutex
 	msgs []string
 }
 
-func (v *lifecycleViolations) add(format string, args ...any) {
+func (v *violationLog) add(format string, args ...any) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if len(v.msgs) < 20 {
@@ -356,7 +356,7 @@ func (v *lifecycleViolations) add(format string, args ...any) {
 	}
 }
 
-func (v *lifecycleViolations) require(t *testing.T) {
+func (v *violationLog) require(t *testing.T) {
 	t.Helper()
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -368,10 +368,10 @@ func TestLifecycleCacheUnderConcurrentStartStopReadsAndWrites(t *testing.T) {
 	client := newClient(t)
 	ctx := testContext(t)
 	const p = "/lc/"
-	stopWriter := startLifecycleWriter(ctx, t, client, p)
+	stopWriter := startHostWriter(ctx, t, client, p)
 	c := storage.NewCache(client, p, keyOfHost)
 	t.Cleanup(c.Stop)
-	var bad lifecycleViolations
+	var bad violationLog
 
 	// A read or a write-through may find the cache started or not, and a
 	// key present or not; a cache whose watch stopped, or a panic, is a
@@ -456,7 +456,7 @@ func (e boomError) Error() string { return fmt.Sprintf("boom from run %d", e.run
 type watchHammer struct {
 	op   storage.WatchOp[*host]
 	ctx  context.Context
-	bad  *lifecycleViolations
+	bad  *violationLog
 	runs atomic.Int64 // ids handed out to Watch calls
 	calm atomic.Bool  // set while the test checks: handlers neither fail nor Close
 
@@ -548,8 +548,8 @@ func TestLifecycleWatchUnderConcurrentWatchCloseAndHandlerCloses(t *testing.T) {
 	client := newClient(t)
 	ctx := testContext(t)
 	const p = "/lc/"
-	startLifecycleWriter(ctx, t, client, p)
-	var bad lifecycleViolations
+	startHostWriter(ctx, t, client, p)
+	var bad violationLog
 	h := &watchHammer{op: storage.NewWatchPrefixOp[*host](client, p), ctx: ctx, bad: &bad,
 		failed: map[int64]bool{}, closedIn: map[int64]bool{}, reported: map[int64]int{}, sentinels: map[int64]string{}}
 	t.Cleanup(h.op.Close)

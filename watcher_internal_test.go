@@ -16,7 +16,7 @@ import (
 func eventsAt(revs ...int64) clientv3.WatchResponse {
 	resp := clientv3.WatchResponse{Header: pb.ResponseHeader{Revision: revs[len(revs)-1]}}
 	for _, rev := range revs {
-		resp.Events = append(resp.Events, cachePutEvent("/p/k", "k", 1, rev))
+		resp.Events = append(resp.Events, putEvent("/p/k", "k", 1, rev))
 	}
 	return resp
 }
