@@ -649,3 +649,20 @@ func recvValue[T any](t *testing.T, c <-chan T) T {
 		return zero
 	}
 }
+
+// putPages stores n hosts under p, 100 per txn: more than a page of the
+// watch's read when n > 1000. It returns their keys in order.
+func putPages(t *testing.T, c *clientv3.Client, p string, n int) []string {
+	t.Helper()
+	var keys []string
+	for start := 0; start < n; start += 100 {
+		var ops []clientv3.Op
+		for i := start; i < min(start+100, n); i++ {
+			k := fmt.Sprintf("%s%05d", p, i)
+			keys = append(keys, k)
+			ops = append(ops, clientv3.OpPut(k, hostNamedJSON(k)))
+		}
+		txnRev(t, c, ops...)
+	}
+	return keys
+}

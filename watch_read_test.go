@@ -473,16 +473,7 @@ func TestWatchInitialReadOfALargePrefixDeliversEveryItemOnceInKeyOrder(t *testin
 	verifyNoLeaks(t)
 	c := newClient(t)
 	const p, n = "/big/", 2345 // more than two pages of the read
-	var want []string
-	for start := 0; start < n; start += 100 {
-		var ops []clientv3.Op
-		for i := start; i < min(start+100, n); i++ {
-			k := fmt.Sprintf("%s%05d", p, i)
-			want = append(want, k)
-			ops = append(ops, clientv3.OpPut(k, hostNamedJSON(k)))
-		}
-		txnRev(t, c, ops...)
-	}
+	want := putPages(t, c, p, n)
 	readRev := put(t, c, "/big", hostNamedJSON("outside")) // just outside the prefix
 
 	_, rec := startWatch(t, c, p)
