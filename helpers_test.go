@@ -666,3 +666,11 @@ func putPages(t *testing.T, c *clientv3.Client, p string, n int) []string {
 	}
 	return keys
 }
+
+// currentRevision returns etcd's revision now.
+func currentRevision(t *testing.T, client *clientv3.Client) int64 {
+	t.Helper()
+	resp, err := client.Get(testContext(t), "/no/such/key")
+	require.NoError(t, err)
+	return resp.Header.Revision
+}
