@@ -674,3 +674,10 @@ func currentRevision(t *testing.T, client *clientv3.Client) int64 {
 	require.NoError(t, err)
 	return resp.Header.Revision
 }
+
+// blob holds random bytes: its JSON (base64) hardly compresses, so a blob
+// reaches size limits that gzip would otherwise keep it under.
+type blob struct {
+	storage.StoredValue
+	Data []byte `json:"data"`
+}

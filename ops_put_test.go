@@ -22,13 +22,6 @@ import (
 	"github.com/etcdkit/storage/storagetest"
 )
 
-// blob holds random bytes: its JSON (base64) hardly compresses, so a blob
-// reaches size limits that gzip would otherwise keep it under.
-type blob struct {
-	storage.StoredValue
-	Data []byte `json:"data"`
-}
-
 func randomBlob(t *testing.T, n int) *blob {
 	t.Helper()
 	data := make([]byte, n)
