@@ -1,5 +1,8 @@
 package storage_test
 
+// A cache under faults: a closed client, a cut connection, churn and
+// compaction, a cancelled start context.
+
 import (
 	"context"
 	"fmt"

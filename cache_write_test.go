@@ -1,5 +1,8 @@
 package storage_test
 
+// The cache's write-through: a cache reads its own writes, and a write
+// outranks older events of its watch.
+
 import (
 	"context"
 	"fmt"

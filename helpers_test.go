@@ -1,5 +1,9 @@
 package storage_test
 
+// Helpers shared by the black-box tests: the test values (host, record,
+// blob), etcd and client set-up, the wait bounds, event recorders and the
+// readers of what etcd holds. A helper used by one file stays in that file.
+
 import (
 	"context"
 	crand "crypto/rand"

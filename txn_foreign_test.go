@@ -1,5 +1,7 @@
 package storage_test
 
+// A TxnOperation written outside the package in a transaction.
+
 import (
 	"context"
 	"fmt"

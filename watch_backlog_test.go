@@ -1,5 +1,9 @@
 package storage_test
 
+// The backlog of a slow handler (watch_backlog.go): a handler that falls
+// behind gets each change once, the backlog stays bounded, and the watch
+// resumes (or re-reads after a compaction) from the last event delivered.
+
 import (
 	"context"
 	"fmt"

@@ -1,5 +1,8 @@
 package storage_test
 
+// How a watch run stops and reports it: a handler error, a cancelled
+// context, a closed client, invalid options, PropagateErrors.
+
 import (
 	"context"
 	"errors"

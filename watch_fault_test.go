@@ -18,9 +18,9 @@ import (
 	"github.com/etcdkit/storage"
 )
 
-// Fault tests: a watch and a cache stay exact through member restarts,
-// dropped and blackholed connections, partitions, compaction while away, a
-// closed client and a cancelled context. Each proves the library's own
+// Fault tests: a watch and a cache stay exact through member restarts, a
+// paused member, dropped and blackholed connections, partitions, compaction
+// while away and a closed client. Each proves the library's own
 // recovery ran through its Recovery counters where clientv3 cannot recover
 // by itself (partition: Resumes; compaction: Relists); where clientv3 may
 // resume on its own (dropped connection, restart) the counters may stay 0 and

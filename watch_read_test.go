@@ -1,5 +1,9 @@
 package storage_test
 
+// The reads of a watch (watch_read.go): the initial read, the re-read after a
+// compaction or a response too large to receive, an idle prefix, and the
+// handoff from the read to the watch.
+
 import (
 	"bytes"
 	"context"
