@@ -1171,3 +1171,84 @@ func BenchmarkCacheSync(b *testing.B) {
 		}},
 	)
 }
+
+// BenchmarkWatchDeliveryLatency measures the time from a write to its
+// event's arrival (at the handler of a WatchOp, or at the receiver of a raw
+// clientv3 watch beside it), on a quiet client and on one that loops 3 MiB
+// prefix reads. The writer uses a client of its own.
+func BenchmarkWatchDeliveryLatency(b *testing.B) {
+	for _, bc := range []struct {
+		name       string
+		heavy, raw bool
+	}{
+		{name: "idle"},
+		{name: "heavy-reads", heavy: true},
+		{name: "clientv3/idle", raw: true},
+		{name: "clientv3/heavy-reads", heavy: true, raw: true},
+	} {
+		b.Run(bc.name, func(b *testing.B) { benchDelivery(b, bc.heavy, bc.raw) })
+	}
+}
+
+func benchDelivery(b *testing.B, heavy, raw bool) {
+	srv := newServer(b)
+	client, writer := srv.Client(), newServerClient(b, srv)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	const prefix, blobs = "/bench/latency/", "/bench/blobs/"
+	arrived := make(chan int)
+	deliver := func(port int) {
+		select {
+		case arrived <- port:
+		case <-ctx.Done():
+		}
+	}
+	if raw {
+		wch := client.Watch(ctx, prefix, clientv3.WithPrefix())
+		wg.Go(func() {
+			for resp := range wch {
+				for _, ev := range resp.Events {
+					var h host
+					if err := json.Unmarshal(ev.Kv.Value, &h); err == nil {
+						deliver(h.Port)
+					}
+				}
+			}
+		})
+	} else {
+		op := storage.NewWatchPrefixOp[*host](client, prefix)
+		if err := op.Watch(ctx, func(e *storage.Event[*host]) error { deliver(e.Value.Port); return nil }); err != nil {
+			b.Fatal(err)
+		}
+		defer op.Close()
+	}
+	if heavy {
+		loadBlobs(ctx, b, writer, blobs, 200, 16<<10)
+		var reads atomic.Int64
+		wg.Go(func() { _ = readLoop(ctx, client, blobs, &reads) })
+	}
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		start := time.Now()
+		if _, err := writer.Put(ctx, prefix+"k", rawHostJSON("bench", i)); err != nil {
+			b.Fatal(err)
+		}
+		select {
+		case port := <-arrived:
+			if port != i {
+				b.Fatalf("got write %d, want %d", port, i)
+			}
+		case <-time.After(10 * time.Second):
+			b.Fatalf("write %d never arrived", i)
+		}
+		lat = append(lat, time.Since(start))
+	}
+	b.StopTimer()
+	slices.Sort(lat)
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	b.ReportMetric(ms(lat[len(lat)/2]), "p50-ms")
+	b.ReportMetric(ms(lat[min(len(lat)-1, len(lat)*99/100)]), "p99-ms")
+}

@@ -122,7 +122,7 @@ func TestCacheSyncReadsEveryWriteOfAnotherClientThroughAnotherMember(t *testing.
 
 func TestCacheWaitForRevisionReadsYourWritesAcrossClients(t *testing.T) {
 	verifyNoLeaks(t)
-	s := newCacheServer(t)
+	s := newServer(t)
 	writer := newExtraClient(t, s, clientv3.Config{})
 	ctx := testContext(t)
 	c := startCache(ctx, t, s.Client(), "/wait", keyOfHost)
@@ -168,7 +168,7 @@ func TestCacheWaitForRevisionFailsFastWithTheCause(t *testing.T) {
 		assert.Positive(t, c.Revision())
 		errc := make(chan error, 1)
 		go func() { errc <- c.WaitForRevision(ctx, c.Revision()+1000) }()
-		require.Eventually(t, func() bool { return storage.CacheWaiting(c) }, cacheWait, cachePoll)
+		require.Eventually(t, func() bool { return storage.CacheWaiting(c) }, waitTimeout, pollInterval)
 		c.Stop()
 		err := <-errc
 		require.Error(t, err)
@@ -182,7 +182,7 @@ func TestCacheWaitForRevisionFailsFastWithTheCause(t *testing.T) {
 		c := startCache(watchCtx, t, client, "/fast", keyOfHost)
 		errc := make(chan error, 1)
 		go func() { errc <- c.WaitForRevision(ctx, c.Revision()+1000) }()
-		require.Eventually(t, func() bool { return storage.CacheWaiting(c) }, cacheWait, cachePoll)
+		require.Eventually(t, func() bool { return storage.CacheWaiting(c) }, waitTimeout, pollInterval)
 		stopWatch()
 		err := <-errc
 		require.ErrorIs(t, err, context.Canceled, "the cause, the watch's context, is lost")
@@ -231,11 +231,11 @@ func TestCacheConcurrentSyncsShareTheirReads(t *testing.T) {
 		var wg sync.WaitGroup
 		errs := make([]error, callers)
 		wg.Go(func() { errs[0] = c.Sync(ctx) })
-		require.Eventually(t, func() bool { return rc.ranges.Load() == 1 }, cacheWait, cachePoll)
+		require.Eventually(t, func() bool { return rc.ranges.Load() == 1 }, waitTimeout, pollInterval)
 		for i := 1; i < callers; i++ {
 			wg.Go(func() { errs[i] = c.Sync(ctx) })
 		}
-		require.Eventually(t, func() bool { return storage.SyncJoiners(c) == callers-1 }, cacheWait, cachePoll)
+		require.Eventually(t, func() bool { return storage.SyncJoiners(c) == callers-1 }, waitTimeout, pollInterval)
 		rc.block.Store(nil)
 		close(block)
 		wg.Wait()

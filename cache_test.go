@@ -3,29 +3,15 @@ package storage_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"math/rand/v2"
-	"net"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
 
 	"github.com/etcdkit/storage"
 	"github.com/etcdkit/storage/storagetest"
-)
-
-// cacheWait bounds every wait on the cache's watch; on a loaded runner under
-// -race an event arrives in milliseconds.
-const (
-	cacheWait = 30 * time.Second
-	cachePoll = 5 * time.Millisecond
 )
 
 // keyOfHost is the cache key of a host: its name is its key below the root.
@@ -33,13 +19,6 @@ func keyOfHost(h *host) string { return storage.Key(h.Name) }
 
 // keyOfRecord is the cache key of a record, like keyOfHost.
 func keyOfRecord(r *record) string { return storage.Key(r.Name) }
-
-// cachedHost returns a host as a read would: with its version set.
-func cachedHost(name string, port int, version int64) *host {
-	h := &host{Name: name, Port: port}
-	h.SetVersion(version)
-	return h
-}
 
 // rawHostJSON is the stored form of a host, for writers that bypass the library.
 func rawHostJSON(name string, port int) string {
@@ -54,16 +33,6 @@ func startCache[V storage.Value](ctx context.Context, t *testing.T, client *clie
 	require.NoError(t, c.Start(ctx))
 	t.Cleanup(c.Stop)
 	return c
-}
-
-// newCacheServer starts a single-member etcd for tests that need more than one
-// client of it; it is closed when the test ends.
-func newCacheServer(t *testing.T) *storagetest.Server {
-	t.Helper()
-	s, err := storagetest.Start()
-	require.NoError(t, err)
-	t.Cleanup(func() { assert.NoError(t, s.Close()) })
-	return s
 }
 
 // newExtraClient returns another client of s, closed when the test ends.
@@ -101,7 +70,7 @@ func requireCacheMatchesEtcd[V storage.Value](ctx context.Context, t *testing.T,
 		got, err := c.GetPrefix("").Exec(ctx)
 		require.NoError(ct, err)
 		require.Equal(ct, want, got)
-	}, 3*cacheWait, 20*time.Millisecond)
+	}, 3*waitTimeout, 20*time.Millisecond)
 }
 
 // hostReader is what a read test needs: NewGetOp and NewGetPrefixOp on etcd, and
@@ -150,7 +119,7 @@ func TestCacheReadsAnswerAsEtcdReads(t *testing.T) {
 	require.Eventually(t, func() bool {
 		_, err := c.Get("/c/zz/last").Exec(ctx)
 		return err == nil
-	}, cacheWait, cachePoll)
+	}, waitTimeout, pollInterval)
 
 	for _, r := range []struct {
 		name string
@@ -174,8 +143,8 @@ func testCacheReads(ctx context.Context, t *testing.T, r hostReader) {
 			wantIs  error
 			wantErr string
 		}{
-			{name: "an existing key gives its value and version", key: "/c/a/1", want: cachedHost("c/a/1", 13, 3)},
-			{name: "a key that is also a prefix gives its own value", key: "/c/a", want: cachedHost("c/a", 1, 1)},
+			{name: "an existing key gives its value and version", key: "/c/a/1", want: hostWithVersion("c/a/1", 13, 3)},
+			{name: "a key that is also a prefix gives its own value", key: "/c/a", want: hostWithVersion("c/a", 1, 1)},
 			{name: "a missing key wraps ErrNotFound and names the key", key: "/c/missing", wantIs: storage.ErrNotFound, wantErr: "/c/missing"},
 			{name: "undecodable bytes give the decode error naming the key", key: "/c/bad/json", wantErr: `failed to decode "/c/bad/json"`},
 			{name: "JSON null gives the decode error naming the key", key: "/c/bad/null", wantErr: `failed to decode "/c/bad/null"`},
@@ -206,17 +175,17 @@ func testCacheReads(ctx context.Context, t *testing.T, r hostReader) {
 			{
 				name:   "values come in key order",
 				prefix: "/c/b/",
-				want:   []*host{cachedHost("c/b/1", 21, 1), cachedHost("c/b/2", 22, 1)},
+				want:   []*host{hostWithVersion("c/b/1", 21, 1), hostWithVersion("c/b/2", 22, 1)},
 			},
 			{
 				name:   "a prefix without its slash stops at the boundary",
 				prefix: "/c/a",
-				want:   []*host{cachedHost("c/a/1", 13, 3), cachedHost("c/a/2", 12, 1)},
+				want:   []*host{hostWithVersion("c/a/1", 13, 3), hostWithVersion("c/a/2", 12, 1)},
 			},
 			{
 				name:   "a prefix with its slash reads the same",
 				prefix: "/c/a/",
-				want:   []*host{cachedHost("c/a/1", 13, 3), cachedHost("c/a/2", 12, 1)},
+				want:   []*host{hostWithVersion("c/a/1", 13, 3), hostWithVersion("c/a/2", 12, 1)},
 			},
 			{name: "a prefix of nothing gives no values and no error", prefix: "/c/none"},
 			{name: "a key is no prefix of itself", prefix: "/c/a/1"},
@@ -241,351 +210,6 @@ func testCacheReads(ctx context.Context, t *testing.T, r hostReader) {
 	})
 }
 
-// cacheWriteCase is a write through a cache, checked for read-your-writes.
-type cacheWriteCase struct {
-	name   string
-	stored int // puts by another writer before the write; 0: the key is absent
-	// op builds the write of key; item is the record it writes (nil for a
-	// delete by key or prefix), read from the cache when stored > 0.
-	op func(c storage.Cache[*record], key string, item *record) storage.TxnOperation
-	// version is the key's version after the write; 0 means deleted.
-	version int64
-}
-
-var cacheWriteCases = []cacheWriteCase{
-	{
-		name: "create",
-		op: func(c storage.Cache[*record], _ string, item *record) storage.TxnOperation {
-			return c.Create(item)
-		},
-		version: 1,
-	},
-	{
-		name:   "put over another writer's value",
-		stored: 3,
-		op: func(c storage.Cache[*record], _ string, item *record) storage.TxnOperation {
-			item.SetVersion(0) // a put learns the version from etcd
-			return c.Put(item)
-		},
-		version: 4,
-	},
-	{
-		name:   "update",
-		stored: 2,
-		op: func(c storage.Cache[*record], _ string, item *record) storage.TxnOperation {
-			return c.Update(item)
-		},
-		version: 3,
-	},
-	{
-		name:   "delete by key",
-		stored: 1,
-		op: func(c storage.Cache[*record], key string, _ *record) storage.TxnOperation {
-			return c.DeleteByKey(key)
-		},
-	},
-	{
-		name:   "delete value",
-		stored: 2,
-		op: func(c storage.Cache[*record], _ string, item *record) storage.TxnOperation {
-			return c.DeleteValue(item)
-		},
-	},
-	{
-		name:   "delete prefix",
-		stored: 1,
-		op: func(c storage.Cache[*record], key string, _ *record) storage.TxnOperation {
-			return c.DeletePrefix(strings.TrimSuffix(key, "/x"))
-		},
-	},
-}
-
-// prepareWrite stores w's key as another writer would, waits until the cache
-// has it, and returns the key and the record the write will use.
-func prepareWrite(ctx context.Context, t *testing.T, client *clientv3.Client, c storage.Cache[*record], mode string, w cacheWriteCase) (string, *record) {
-	t.Helper()
-	name := strings.ReplaceAll(fmt.Sprintf("rw/%s/%s/x", mode, w.name), " ", "-")
-	key := storage.Key(name)
-	if w.stored == 0 {
-		return key, &record{Name: name, Count: 100}
-	}
-	for i := range w.stored {
-		require.NoError(t, storage.NewPutOp(client, key, &record{Name: name, Count: i}).Exec(ctx))
-	}
-	var item *record
-	require.Eventually(t, func() bool {
-		var err error
-		item, err = c.Get(key).Exec(ctx)
-		return err == nil && item.Version() == int64(w.stored)
-	}, cacheWait, cachePoll)
-	item.Count = 100
-	return key, item
-}
-
-// requireWritten checks, without waiting, that the cache and etcd hold the
-// result of write w of key at revision rev, and that a put wrote the key's
-// version and mod revision back into item.
-func requireWritten(ctx context.Context, t *testing.T, client *clientv3.Client, c storage.Cache[*record], w cacheWriteCase, key string, item *record, rev int64) {
-	t.Helper()
-	got, err := c.Get(key).Exec(ctx)
-	if w.version == 0 {
-		require.ErrorIs(t, err, storage.ErrNotFound, "the cache still holds the deleted key")
-		_, err = storage.NewGetOp[*record](client, key).Exec(ctx)
-		require.ErrorIs(t, err, storage.ErrNotFound, "etcd still holds the deleted key")
-		return
-	}
-	require.NoError(t, err)
-	require.Equal(t, 100, got.Count)
-	require.Equal(t, w.version, got.Version(), "version in the cache")
-	require.Equal(t, rev, got.ModRevision(), "mod revision in the cache")
-	require.Equal(t, w.version, item.Version(), "version written back into the item")
-	require.Equal(t, rev, item.ModRevision(), "mod revision written back into the item")
-	stored, err := storage.NewGetOp[*record](client, key).Exec(ctx)
-	require.NoError(t, err)
-	require.Equal(t, stored, got, "the cache differs from etcd")
-}
-
-// watchGate holds back the watch responses of the client it is installed in
-// (as a stream interceptor) while it is held. Requests still go through, so
-// what a cache shows while its watch is held is its write-through alone.
-type watchGate struct {
-	step chan struct{} // each receive lets one held response through; never closed
-
-	mu   sync.Mutex    // protects open
-	open chan struct{} // closed while the gate lets responses through
-}
-
-func newWatchGate() *watchGate {
-	g := &watchGate{open: make(chan struct{}), step: make(chan struct{})}
-	close(g.open)
-	return g
-}
-
-// dialOption installs the gate in a client.
-func (g *watchGate) dialOption() grpc.DialOption {
-	return grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn,
-		method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-		s, err := streamer(ctx, desc, cc, method, opts...)
-		if err != nil || method != "/etcdserverpb.Watch/Watch" {
-			return s, err
-		}
-		return &gatedStream{ClientStream: s, gate: g}, nil
-	})
-}
-
-// hold keeps every watch response from now on until release.
-func (g *watchGate) hold() {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	select {
-	case <-g.open:
-		g.open = make(chan struct{})
-	default: // already held
-	}
-}
-
-// release lets the held responses and all later ones through.
-func (g *watchGate) release() {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	select {
-	case <-g.open:
-	default:
-		close(g.open)
-	}
-}
-
-// next lets exactly one held response through.
-func (g *watchGate) next(t *testing.T) {
-	t.Helper()
-	select {
-	case g.step <- struct{}{}:
-	case <-time.After(cacheWait):
-		t.Fatal("no held watch response to let through")
-	}
-}
-
-func (g *watchGate) opened() <-chan struct{} {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.open
-}
-
-// gatedStream is a watch stream whose responses wait for the gate.
-type gatedStream struct {
-	grpc.ClientStream
-	gate *watchGate
-}
-
-func (s *gatedStream) RecvMsg(m any) error {
-	err := s.ClientStream.RecvMsg(m)
-	select {
-	case <-s.gate.opened():
-	case <-s.gate.step:
-	case <-s.Context().Done(): // the watch was cancelled: nothing waits
-	}
-	return err
-}
-
-// newGatedCacheClient returns a client of s whose watch responses g holds.
-func newGatedCacheClient(t *testing.T, s *storagetest.Server, g *watchGate) *clientv3.Client {
-	t.Helper()
-	t.Cleanup(g.release) // runs after the client is closed and the cache stopped
-	return newExtraClient(t, s, clientv3.Config{DialTimeout: 5 * time.Second, DialOptions: []grpc.DialOption{g.dialOption()}})
-}
-
-func TestCacheReadsItsOwnWrites(t *testing.T) {
-	verifyNoLeaks(t)
-	s := newCacheServer(t)
-	client := s.Client() // another writer
-	ctx := testContext(t)
-	// The cache's watch is held during each write: what the cache shows
-	// then, it learned from the write itself.
-	gate := newWatchGate()
-	c := startCache(ctx, t, newGatedCacheClient(t, s, gate), "/rw", keyOfRecord)
-
-	t.Run("alone", func(t *testing.T) {
-		for _, w := range cacheWriteCases {
-			t.Run(w.name+" is visible at once after Exec", func(t *testing.T) {
-				key, item := prepareWrite(ctx, t, client, c, "alone", w)
-				op := w.op(c, key, item)
-				gate.hold()
-				defer gate.release()
-				require.NoError(t, execWrite(ctx, t, op))
-				requireWritten(ctx, t, client, c, w, key, item, op.Revision())
-			})
-		}
-		requireCacheMatchesEtcd(ctx, t, c, client, "/rw")
-	})
-
-	t.Run("in a txn, every op is visible at once after Commit", func(t *testing.T) {
-		keys := make([]string, len(cacheWriteCases))
-		items := make([]*record, len(cacheWriteCases))
-		ops := make([]storage.TxnOperation, len(cacheWriteCases))
-		for i, w := range cacheWriteCases {
-			keys[i], items[i] = prepareWrite(ctx, t, client, c, "txn", w)
-			ops[i] = w.op(c, keys[i], items[i])
-		}
-		gate.hold()
-		require.NoError(t, storage.NewTxn(client, ops...).Commit(ctx))
-		for i, w := range cacheWriteCases {
-			t.Run(w.name, func(t *testing.T) {
-				requireWritten(ctx, t, client, c, w, keys[i], items[i], ops[0].Revision())
-			})
-		}
-		gate.release()
-		requireCacheMatchesEtcd(ctx, t, c, client, "/rw")
-	})
-
-	t.Run("a failed txn leaves the cache unchanged", func(t *testing.T) {
-		a, b, existing := &record{Name: "rw/fail/a", Count: 1}, &record{Name: "rw/fail/b", Count: 1}, &record{Name: "rw/fail/c", Count: 1}
-		for _, r := range []*record{a, b, existing} {
-			require.NoError(t, c.Put(r).Exec(ctx))
-		}
-		before, err := c.GetPrefix("/rw/fail").Exec(ctx)
-		require.NoError(t, err)
-		require.Len(t, before, 3)
-
-		err = storage.NewTxn(client,
-			c.Put(&record{Name: "rw/fail/a", Count: 2}),
-			c.DeleteByKey("/rw/fail/b"),
-			c.Create(&record{Name: "rw/fail/c", Count: 2}),
-			c.Create(&record{Name: "rw/fail/d", Count: 2}),
-		).Commit(ctx)
-		require.ErrorIs(t, err, storage.ErrOperationConstraintViolated)
-		require.ErrorIs(t, err, storage.ErrAlreadyExists)
-
-		after, err := c.GetPrefix("/rw/fail").Exec(ctx)
-		require.NoError(t, err)
-		require.Equal(t, before, after)
-		stored, err := storage.NewGetPrefixOp[*record](client, "/rw/fail").Exec(ctx)
-		require.NoError(t, err)
-		require.Equal(t, before, stored)
-	})
-}
-
-func TestCacheWriteThroughOutranksOlderWatchEvents(t *testing.T) {
-	verifyNoLeaks(t)
-	s := newCacheServer(t)
-	client := s.Client() // another writer
-	ctx := testContext(t)
-	gate := newWatchGate()
-	c := startCache(ctx, t, newGatedCacheClient(t, s, gate), "/ord", keyOfHost)
-	put(t, client, "/ord/e", rawHostJSON("ord/e", 1))
-	put(t, client, "/ord/warm", rawHostJSON("ord/warm", 1)) // the watch delivers
-	requireCacheMatchesEtcd(ctx, t, c, client, "/ord")
-
-	tests := []struct {
-		name  string
-		key   string
-		stale clientv3.Op // another writer's change, before the cache's write
-		write storage.TxnOperation
-		want  *host // nil: the key is absent
-	}{
-		{
-			name:  "an older watched put never overwrites a newer cache put",
-			key:   "/ord/a",
-			stale: clientv3.OpPut("/ord/a", rawHostJSON("ord/a", 1)),
-			write: c.Put(&host{Name: "ord/a", Port: 2}),
-			want:  cachedHost("ord/a", 2, 2),
-		},
-		{
-			name:  "an older watched put never brings back a key the cache deleted",
-			key:   "/ord/b",
-			stale: clientv3.OpPut("/ord/b", rawHostJSON("ord/b", 1)),
-			write: c.DeleteByKey("/ord/b"),
-		},
-		{
-			name:  "an older watched put never brings back a key under a prefix the cache deleted",
-			key:   "/ord/d/x",
-			stale: clientv3.OpPut("/ord/d/x", rawHostJSON("ord/d/x", 1)),
-			write: c.DeletePrefix("/ord/d"),
-		},
-		{
-			name:  "an older watched delete never removes a key the cache created",
-			key:   "/ord/e",
-			stale: clientv3.OpDelete("/ord/e"),
-			write: c.Create(&host{Name: "ord/e", Port: 3}),
-			want:  cachedHost("ord/e", 3, 1),
-		},
-	}
-	for i, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			requireHolds := func(t *testing.T, when string) {
-				t.Helper()
-				got, err := c.Get(tt.key).Exec(ctx)
-				if tt.want == nil {
-					require.ErrorIs(t, err, storage.ErrNotFound, when)
-					return
-				}
-				require.NoError(t, err, when)
-				require.Equal(t, tt.want, got, when)
-			}
-			marker := fmt.Sprintf("/ord/marker/%d", i)
-
-			gate.hold()
-			defer gate.release()
-			// The stale change and a marker share one revision, so one
-			// watch response: once the marker is in, so is the change.
-			_, err := client.Txn(ctx).Then(tt.stale, clientv3.OpPut(marker, rawHostJSON(marker[1:], 1))).Commit()
-			require.NoError(t, err)
-			require.NoError(t, execWrite(ctx, t, tt.write))
-			requireHolds(t, "after the write")
-
-			gate.next(t) // the stale change's response only
-			require.Eventually(t, func() bool {
-				_, err := c.Get(marker).Exec(ctx)
-				return err == nil
-			}, cacheWait, cachePoll)
-			requireHolds(t, "after the older watch event")
-
-			gate.release()
-			requireCacheMatchesEtcd(ctx, t, c, client, "/ord")
-			requireHolds(t, "after the watch caught up")
-		})
-	}
-}
-
 func TestCacheReadsReturnFreshInstances(t *testing.T) {
 	verifyNoLeaks(t)
 	client := newClient(t)
@@ -595,7 +219,7 @@ func TestCacheReadsReturnFreshInstances(t *testing.T) {
 	item := &host{Name: "fresh/a", Port: 1}
 	require.NoError(t, c.Put(item).Exec(ctx))
 	require.NoError(t, c.Put(&host{Name: "fresh/b", Port: 2}).Exec(ctx))
-	want := []*host{cachedHost("fresh/a", 1, 1), cachedHost("fresh/b", 2, 1)}
+	want := []*host{hostWithVersion("fresh/a", 1, 1), hostWithVersion("fresh/b", 2, 1)}
 
 	tests := []struct {
 		name   string
@@ -654,7 +278,7 @@ func TestCacheKeysOutsideItsPrefix(t *testing.T) {
 	c := startCache(ctx, t, client, "/in", keyOfHost)
 	require.NoError(t, c.Put(&host{Name: "in/a", Port: 1}).Exec(ctx))
 	require.NoError(t, c.Put(&host{Name: "in/b/1", Port: 2}).Exec(ctx))
-	all := []*host{cachedHost("in/a", 1, 1), cachedHost("in/b/1", 2, 1)}
+	all := []*host{hostWithVersion("in/a", 1, 1), hostWithVersion("in/b/1", 2, 1)}
 
 	requireUnchanged := func(t *testing.T) {
 		t.Helper()
@@ -696,8 +320,8 @@ func TestCacheKeysOutsideItsPrefix(t *testing.T) {
 	}{
 		{"put of an item outside fails naming its key", "/out/new", c.Put(&host{Name: "out/new"})},
 		{"create of an item outside fails naming its key", "/out/new", c.Create(&host{Name: "out/new"})},
-		{"update of an item outside fails naming its key", "/out/x", c.Update(cachedHost("out/x", 2, 1))},
-		{"delete value of an item outside fails naming its key", "/out/x", c.DeleteValue(cachedHost("out/x", 1, 1))},
+		{"update of an item outside fails naming its key", "/out/x", c.Update(hostWithVersion("out/x", 2, 1))},
+		{"delete value of an item outside fails naming its key", "/out/x", c.DeleteValue(hostWithVersion("out/x", 1, 1))},
 		{"delete prefix outside fails naming it", "/out/", c.DeletePrefix("/out")},
 		{"delete of the empty prefix is refused", `""`, c.DeletePrefix("")},
 		{"delete of the root prefix is refused", `"/"`, c.DeletePrefix("/")},
@@ -732,7 +356,7 @@ func TestCacheOfTheWholeKeyspaceReadsEveryItem(t *testing.T) {
 	put(t, client, "/a/1", rawHostJSON("a/1", 1))
 	c := startCache(ctx, t, client, "", keyOfHost)
 	require.NoError(t, c.Put(&host{Name: "b", Port: 2}).Exec(ctx))
-	want := []*host{cachedHost("a/1", 1, 1), cachedHost("b", 2, 1)}
+	want := []*host{hostWithVersion("a/1", 1, 1), hostWithVersion("b", 2, 1)}
 
 	got, err := c.GetPrefix("").Exec(ctx)
 	require.NoError(t, err)
@@ -747,7 +371,7 @@ func TestCacheOfTheWholeKeyspaceReadsEveryItem(t *testing.T) {
 
 func TestCacheSeesExternalWriters(t *testing.T) {
 	verifyNoLeaks(t)
-	s := newCacheServer(t)
+	s := newServer(t)
 	other := newExtraClient(t, s, clientv3.Config{DialTimeout: 5 * time.Second})
 	ctx := testContext(t)
 	c := startCache(ctx, t, s.Client(), "/ext", keyOfHost)
@@ -762,7 +386,7 @@ func TestCacheSeesExternalWriters(t *testing.T) {
 			}
 			require.NoError(ct, err)
 			require.Equal(ct, want, got)
-		}, cacheWait, cachePoll)
+		}, waitTimeout, pollInterval)
 	}
 	raw := func(t *testing.T, key, value string) {
 		t.Helper()
@@ -772,9 +396,9 @@ func TestCacheSeesExternalWriters(t *testing.T) {
 
 	t.Run("a put is seen with its version", func(t *testing.T) {
 		raw(t, "/ext/a", rawHostJSON("ext/a", 1))
-		eventually(t, "/ext/a", cachedHost("ext/a", 1, 1))
+		eventually(t, "/ext/a", hostWithVersion("ext/a", 1, 1))
 		raw(t, "/ext/a", rawHostJSON("ext/a", 2))
-		eventually(t, "/ext/a", cachedHost("ext/a", 2, 2))
+		eventually(t, "/ext/a", hostWithVersion("ext/a", 2, 2))
 	})
 	t.Run("a delete is seen", func(t *testing.T) {
 		_, err := other.Delete(ctx, "/ext/a")
@@ -783,22 +407,22 @@ func TestCacheSeesExternalWriters(t *testing.T) {
 	})
 	t.Run("a re-created key is seen at version 1", func(t *testing.T) {
 		raw(t, "/ext/a", rawHostJSON("ext/a", 3))
-		eventually(t, "/ext/a", cachedHost("ext/a", 3, 1))
+		eventually(t, "/ext/a", hostWithVersion("ext/a", 3, 1))
 	})
 	t.Run("a prefix delete is seen", func(t *testing.T) {
 		raw(t, "/ext/d/1", rawHostJSON("ext/d/1", 1))
 		raw(t, "/ext/d/2", rawHostJSON("ext/d/2", 1))
-		eventually(t, "/ext/d/2", cachedHost("ext/d/2", 1, 1))
+		eventually(t, "/ext/d/2", hostWithVersion("ext/d/2", 1, 1))
 		_, err := other.Delete(ctx, "/ext/d/", clientv3.WithPrefix())
 		require.NoError(t, err)
 		require.EventuallyWithT(t, func(ct *assert.CollectT) {
 			got, err := c.GetPrefix("/ext/d").Exec(ctx)
 			require.NoError(ct, err)
 			require.Empty(ct, got)
-		}, cacheWait, cachePoll)
+		}, waitTimeout, pollInterval)
 		got, err := c.GetPrefix("").Exec(ctx)
 		require.NoError(t, err)
-		require.Equal(t, []*host{cachedHost("ext/a", 3, 1)}, got)
+		require.Equal(t, []*host{hostWithVersion("ext/a", 3, 1)}, got)
 	})
 }
 
@@ -850,7 +474,7 @@ func TestCacheLifecycle(t *testing.T) {
 		require.NoError(t, c.Start(ctx))
 		got, err := c.GetPrefix("").Exec(ctx) // Start returns after its read: no wait
 		require.NoError(t, err)
-		require.Equal(t, []*host{cachedHost("life/a", 1, 1), cachedHost("life/b", 2, 2)}, got)
+		require.Equal(t, []*host{hostWithVersion("life/a", 1, 1), hostWithVersion("life/b", 2, 2)}, got)
 		_, err = storage.NewDeleteKeyOp(client, "/life/b").Exec(ctx)
 		require.NoError(t, err)
 	})
@@ -862,7 +486,7 @@ func TestCacheLifecycle(t *testing.T) {
 		require.NoError(t, c.Start(ctx))
 		got, err := c.Get("/life/a").Exec(ctx)
 		require.NoError(t, err)
-		require.Equal(t, cachedHost("life/a", 1, 1), got)
+		require.Equal(t, hostWithVersion("life/a", 1, 1), got)
 		c.Stop()
 		c.Stop()
 		requireNotReadable(t, c)
@@ -873,7 +497,7 @@ func TestCacheLifecycle(t *testing.T) {
 		c := startCache(startCtx, t, client, "/life", keyOfHost)
 		cancel()
 
-		err := receiveError(t, c.Error())
+		err := nextError(t, c.Error())
 		t.Logf("Error(): %v", err)
 		require.ErrorIs(t, err, context.Canceled)
 		_, readErr := c.Get("/life/a").Exec(ctx)
@@ -890,205 +514,4 @@ func TestCacheLifecycle(t *testing.T) {
 		_, err = c.Get("/life/a").Exec(ctx)
 		require.NoError(t, err)
 	})
-}
-
-func TestCacheStopsOnAClosedClient(t *testing.T) {
-	verifyNoLeaks(t)
-	s := newCacheServer(t)
-	ctx := testContext(t)
-	cacheClient := newExtraClient(t, s, clientv3.Config{DialTimeout: 5 * time.Second})
-	put(t, s.Client(), "/life/a", rawHostJSON("life/a", 1))
-	c := startCache(ctx, t, cacheClient, "/life", keyOfHost)
-	_, err := c.Get("/life/a").Exec(ctx)
-	require.NoError(t, err)
-
-	require.NoError(t, cacheClient.Close())
-	err = receiveError(t, c.Error())
-	t.Logf("Error(): %v", err)
-	_, readErr := c.Get("/life/a").Exec(ctx)
-	require.ErrorIs(t, readErr, err, "reads do not fail with the watch's error")
-	require.NotErrorIs(t, readErr, storage.ErrNotFound)
-	_, readErr = c.GetPrefix("").Exec(ctx)
-	require.ErrorIs(t, readErr, err)
-	requireNoMoreErrors(t, c.Error())
-	require.LessOrEqual(t, storage.CacheRecovery(c).Resumes, int64(2), "the watch retried a closed client")
-	// Stop runs in cleanup; verifyNoLeaks then checks that the cache's
-	// goroutines are gone.
-}
-
-// receiveError returns the next error on errc, failing the test after cacheWait.
-func receiveError(t *testing.T, errc <-chan error) error {
-	t.Helper()
-	select {
-	case err := <-errc:
-		require.Error(t, err)
-		return err
-	case <-time.After(cacheWait):
-		t.Fatal("no error on Error()")
-		return nil
-	}
-}
-
-// requireNoMoreErrors checks that no second error follows on errc.
-func requireNoMoreErrors(t *testing.T, errc <-chan error) {
-	t.Helper()
-	require.Never(t, func() bool { return len(errc) > 0 }, 200*time.Millisecond, 10*time.Millisecond, "a second error on Error()")
-}
-
-// cutProxy forwards TCP connections to a target until cut: then it drops
-// every connection and refuses new ones until it is restored. A client
-// behind it loses its watch while etcd goes on.
-type cutProxy struct {
-	ln     net.Listener
-	target string
-	wg     sync.WaitGroup // the accept loop and every copier
-
-	mu    sync.Mutex // protects the following fields
-	cut   bool
-	conns map[net.Conn]struct{}
-}
-
-func newCutProxy(t *testing.T, target string) *cutProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	p := &cutProxy{ln: ln, target: target, conns: make(map[net.Conn]struct{})}
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		p.accept()
-	}()
-	t.Cleanup(func() {
-		_ = ln.Close()
-		p.setCut(true)
-		p.wg.Wait()
-	})
-	return p
-}
-
-func (p *cutProxy) endpoint() string { return "http://" + p.ln.Addr().String() }
-
-func (p *cutProxy) accept() {
-	for {
-		in, err := p.ln.Accept()
-		if err != nil {
-			return // the listener is closed
-		}
-		p.mu.Lock()
-		cut := p.cut
-		p.mu.Unlock()
-		if cut {
-			_ = in.Close()
-			continue
-		}
-		out, err := net.Dial("tcp", p.target)
-		if err != nil {
-			_ = in.Close()
-			continue
-		}
-		p.mu.Lock()
-		p.conns[in], p.conns[out] = struct{}{}, struct{}{}
-		p.wg.Add(2)
-		p.mu.Unlock()
-		go p.pipe(in, out)
-		go p.pipe(out, in)
-	}
-}
-
-// pipe copies src to dst until either ends, then closes both.
-func (p *cutProxy) pipe(dst, src net.Conn) {
-	defer p.wg.Done()
-	_, _ = io.Copy(dst, src)
-	_ = dst.Close()
-	_ = src.Close()
-	p.mu.Lock()
-	delete(p.conns, dst)
-	delete(p.conns, src)
-	p.mu.Unlock()
-}
-
-func (p *cutProxy) setCut(cut bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.cut = cut
-	if cut {
-		for conn := range p.conns {
-			_ = conn.Close()
-		}
-	}
-}
-
-// churnConv runs rounds of transactions over keys under /conv/: puts that create
-// or modify, deletes, and re-creates of keys deleted in an earlier round.
-func churnConv(ctx context.Context, t *testing.T, client *clientv3.Client, rng *rand.Rand, rounds int) {
-	t.Helper()
-	const keys = 40
-	for range rounds {
-		var ops []clientv3.Op
-		for i := range keys {
-			name := fmt.Sprintf("conv/k%02d", i)
-			switch rng.IntN(4) {
-			case 0:
-				ops = append(ops, clientv3.OpDelete(storage.Key(name)))
-			case 1, 2:
-				ops = append(ops, clientv3.OpPut(storage.Key(name), rawHostJSON(name, rng.IntN(1000))))
-			}
-		}
-		_, err := client.Txn(ctx).Then(ops...).Commit()
-		require.NoError(t, err)
-	}
-}
-
-func TestCacheConvergesAfterChurnAndCompaction(t *testing.T) {
-	verifyNoLeaks(t)
-	s := newCacheServer(t)
-	client := s.Client()
-	ctx := testContext(t)
-	p := newCutProxy(t, strings.TrimPrefix(s.Endpoints()[0], "http://"))
-	cacheClient := newExtraClient(t, s, clientv3.Config{
-		Endpoints:   []string{p.endpoint()},
-		DialTimeout: 5 * time.Second,
-		// Reconnect quickly once the proxy is restored (gRPC's default
-		// first backoff is a second, growing to two minutes).
-		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff:           backoff.Config{BaseDelay: 20 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 200 * time.Millisecond},
-			MinConnectTimeout: time.Second,
-		})},
-	})
-	rng := rand.New(rand.NewPCG(1, 2))
-
-	t.Log("phase 1: churn while the cache watches")
-	churnConv(ctx, t, client, rng, 5)
-	c := startCache(ctx, t, cacheClient, "/conv", keyOfHost)
-	churnConv(ctx, t, client, rng, 20)
-	requireCacheMatchesEtcd(ctx, t, c, client, "/conv")
-	require.Zero(t, storage.CacheRecovery(c).Relists)
-
-	t.Log("phase 2: cut the cache off; churn, delete and re-create; compact past its watch")
-	p.setCut(true)
-	churnConv(ctx, t, client, rng, 20)
-	_, err := client.Delete(ctx, "/conv/k00")
-	require.NoError(t, err)
-	put(t, client, "/conv/k00", rawHostJSON("conv/k00", 1000)) // re-created: version 1
-	_, err = client.Delete(ctx, "/conv/k01")
-	require.NoError(t, err)
-	rev := put(t, client, "/conv/new", rawHostJSON("conv/new", 1))
-	_, err = client.Compact(ctx, rev, clientv3.WithCompactPhysical())
-	require.NoError(t, err)
-
-	t.Log("phase 3: restore the connection; the cache re-reads and converges")
-	p.setCut(false)
-	requireCacheMatchesEtcd(ctx, t, c, client, "/conv")
-	require.NotZero(t, storage.CacheRecovery(c).Relists, "the cache never re-read after the compaction")
-
-	t.Log("phase 4: the watch goes on after the re-read")
-	churnConv(ctx, t, client, rng, 20)
-	_, err = client.Compact(ctx, put(t, client, "/conv/last", rawHostJSON("conv/last", 1)))
-	require.NoError(t, err)
-	requireCacheMatchesEtcd(ctx, t, c, client, "/conv")
-	select {
-	case err := <-c.Error():
-		t.Fatalf("the cache reported an error: %v", err)
-	default:
-	}
 }

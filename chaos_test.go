@@ -113,7 +113,7 @@ func (cc *chaosCluster) others(i int) []*integration.Member {
 // revision returns etcd's current revision.
 func (cc *chaosCluster) revision(ctx context.Context) (int64, error) {
 	var rev int64
-	err := faultRetry(ctx, func(ctx context.Context) error {
+	err := retryWrite(ctx, func(ctx context.Context) error {
 		resp, err := cc.direct.Get(ctx, "/chaos-revision-probe")
 		if err == nil {
 			rev = resp.Header.Revision

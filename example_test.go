@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"sync"
-	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -37,17 +35,6 @@ func exampleClient() *clientv3.Client {
 		panic(err)
 	}
 	return client
-}
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if exampleServer != nil {
-		if err := exampleServer.Close(); err != nil {
-			fmt.Fprintln(os.Stderr, "stop the examples' etcd:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
 }
 
 // Host is a record a control plane keeps in etcd.

@@ -62,10 +62,10 @@ func goroutinesIn(fn string) int {
 // closeFrame is the frame every Close and Stop waits in.
 const closeFrame = "storage.(*watcher).close"
 
-// startLifecycleWriter puts new values to lifecycleKeys keys under prefix,
+// startHostWriter puts new values to lifecycleKeys keys under prefix,
 // all in one txn, again and again until the returned stop function is called; stop waits
 // for the writer to exit.
-func startLifecycleWriter(ctx context.Context, t *testing.T, client *clientv3.Client, prefix string) (stop func()) {
+func startHostWriter(ctx context.Context, t *testing.T, client *clientv3.Client, prefix string) (stop func()) {
 	t.Helper()
 	for i := range lifecycleKeys {
 		put(t, client, fmt.Sprintf("%sk%02d", prefix, i), rawHostJSON("w", i))
@@ -135,7 +135,7 @@ func waitClosesBlocked(t *testing.T, n int, returned <-chan bool) {
 			return true
 		}
 		return goroutinesIn(closeFrame) >= n
-	}, watchWait, time.Millisecond, "%d Close calls blocked", n)
+	}, waitTimeout, time.Millisecond, "%d Close calls blocked", n)
 	require.False(t, early, "a Close or Stop returned while its run was still in progress")
 }
 
@@ -154,8 +154,8 @@ func TestLifecycleConcurrentClosesAllWaitForTheRunToExit(t *testing.T) {
 		}
 	})
 	require.NoError(t, op.Watch(ctx, b.handle))
-	watchPut(t, c, "/lc/block", "b")
-	waitWatchSignal(t, b.blocked, "handler blocked")
+	putNamed(t, c, "/lc/block", "b")
+	waitSignal(t, b.blocked, "handler blocked")
 
 	t.Log("phase 1: two Close calls while the handler blocks; neither may return")
 	returned := make(chan bool, 2)
@@ -199,8 +199,8 @@ func TestLifecycleWatchDuringCloseIsRefusedAndLaterErrorsAreKept(t *testing.T) {
 		}
 	})
 	require.NoError(t, op.Watch(ctx, count(b.handle)))
-	watchPut(t, c, "/lc/block", "b")
-	waitWatchSignal(t, b.blocked, "handler blocked")
+	putNamed(t, c, "/lc/block", "b")
+	waitSignal(t, b.blocked, "handler blocked")
 
 	t.Log("phase 1: Watch while a Close waits for the handler is refused")
 	returned := make(chan bool, 1)
@@ -222,8 +222,8 @@ func TestLifecycleWatchDuringCloseIsRefusedAndLaterErrorsAreKept(t *testing.T) {
 		}
 		return nil
 	})))
-	watchPut(t, c, "/lc/fail", "f")
-	require.ErrorIs(t, recvWatchError(t, op.Error()), errBoom)
+	putNamed(t, c, "/lc/fail", "f")
+	require.ErrorIs(t, recvValue(t, op.Error()), errBoom)
 	require.ErrorIs(t, op.Watch(ctx, ignoreEvent), storage.ErrWatchAlreadyInProgress, "the stopped run is in progress until Close")
 	require.Zero(t, overlaps.Load(), "two handlers ran at once")
 }
@@ -235,7 +235,7 @@ func TestLifecycleCloseThenWatchInsideTheHandlerIsRefused(t *testing.T) {
 	verifyNoLeaks(t)
 	c := newClient(t)
 	ctx := testContext(t)
-	watchPut(t, c, "/lc/a", "a")
+	putNamed(t, c, "/lc/a", "a")
 	op := storage.NewWatchPrefixOp[*host](c, "/lc")
 	t.Cleanup(op.Close)
 	var active, overlaps atomic.Int32
@@ -254,28 +254,15 @@ func TestLifecycleCloseThenWatchInsideTheHandlerIsRefused(t *testing.T) {
 		return nil
 	}
 	require.NoError(t, op.Watch(ctx, handle))
-	watchPut(t, c, "/lc/restart", "r")
-	require.ErrorIs(t, recvWatchError(t, inner), storage.ErrWatchAlreadyInProgress,
+	putNamed(t, c, "/lc/restart", "r")
+	require.ErrorIs(t, recvValue(t, inner), storage.ErrWatchAlreadyInProgress,
 		"the run closed from inside its handler is in progress until the handler returned")
 	require.Zero(t, overlaps.Load(), "two handlers ran at once")
 
 	t.Log("the run ends once the handler returned: Watch works again")
-	rec := newWatchRecorder()
-	require.Eventually(t, func() bool { return op.Watch(ctx, rec.handle) == nil }, watchWait, time.Millisecond)
+	rec := newEventQueue()
+	require.Eventually(t, func() bool { return op.Watch(ctx, rec.handle) == nil }, waitTimeout, time.Millisecond)
 	require.ElementsMatch(t, []string{"/lc/a", "/lc/restart"}, eventKeys(rec.take(t, 2)))
-}
-
-// recvValue returns the next value on c, failing the test after watchWait.
-func recvValue[T any](t *testing.T, c <-chan T) T {
-	t.Helper()
-	select {
-	case v := <-c:
-		return v
-	case <-time.After(watchWait):
-		t.Fatalf("nothing within %v", watchWait)
-		var zero T
-		return zero
-	}
 }
 
 // readGate holds the range requests of the client it is installed in while
@@ -312,7 +299,7 @@ func (g *readGate) open() {
 
 func TestLifecycleConcurrentStopsAllWaitForAStartInProgress(t *testing.T) {
 	verifyNoLeaks(t)
-	s := newCacheServer(t)
+	s := newServer(t)
 	ctx := testContext(t)
 	put(t, s.Client(), "/lc/a", rawHostJSON("lc/a", 1))
 	gate := newReadGate()
@@ -325,7 +312,7 @@ func TestLifecycleConcurrentStopsAllWaitForAStartInProgress(t *testing.T) {
 	gate.held.Store(true)
 	started := make(chan error, 1)
 	go func() { started <- c.Start(ctx) }()
-	waitWatchSignal(t, gate.blocked, "Start's read sent")
+	waitSignal(t, gate.blocked, "Start's read sent")
 
 	t.Log("phase 2: two Stop calls (a shutdown path and a deferred Stop) and a Start")
 	returned := make(chan bool, 2)
@@ -351,17 +338,17 @@ func TestLifecycleConcurrentStopsAllWaitForAStartInProgress(t *testing.T) {
 	require.NoError(t, c.Start(ctx))
 	got, err := c.GetPrefix("").Exec(ctx)
 	require.NoError(t, err)
-	require.Equal(t, []*host{cachedHost("lc/a", 1, 1)}, got)
+	require.Equal(t, []*host{hostWithVersion("lc/a", 1, 1)}, got)
 }
 
-// lifecycleViolations collects what hammer goroutines found wrong; they
+// violationLog collects what hammer goroutines found wrong; they
 // cannot fail the test themselves.
-type lifecycleViolations struct {
+type violationLog struct {
 	mu   sync.Mutex
 	msgs []string
 }
 
-func (v *lifecycleViolations) add(format string, args ...any) {
+func (v *violationLog) add(format string, args ...any) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if len(v.msgs) < 20 {
@@ -369,7 +356,7 @@ func (v *lifecycleViolations) add(format string, args ...any) {
 	}
 }
 
-func (v *lifecycleViolations) require(t *testing.T) {
+func (v *violationLog) require(t *testing.T) {
 	t.Helper()
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -381,10 +368,10 @@ func TestLifecycleCacheUnderConcurrentStartStopReadsAndWrites(t *testing.T) {
 	client := newClient(t)
 	ctx := testContext(t)
 	const p = "/lc/"
-	stopWriter := startLifecycleWriter(ctx, t, client, p)
+	stopWriter := startHostWriter(ctx, t, client, p)
 	c := storage.NewCache(client, p, keyOfHost)
 	t.Cleanup(c.Stop)
-	var bad lifecycleViolations
+	var bad violationLog
 
 	// A read or a write-through may find the cache started or not, and a
 	// key present or not; a cache whose watch stopped, or a panic, is a
@@ -469,7 +456,7 @@ func (e boomError) Error() string { return fmt.Sprintf("boom from run %d", e.run
 type watchHammer struct {
 	op   storage.WatchOp[*host]
 	ctx  context.Context
-	bad  *lifecycleViolations
+	bad  *violationLog
 	runs atomic.Int64 // ids handed out to Watch calls
 	calm atomic.Bool  // set while the test checks: handlers neither fail nor Close
 
@@ -561,8 +548,8 @@ func TestLifecycleWatchUnderConcurrentWatchCloseAndHandlerCloses(t *testing.T) {
 	client := newClient(t)
 	ctx := testContext(t)
 	const p = "/lc/"
-	startLifecycleWriter(ctx, t, client, p)
-	var bad lifecycleViolations
+	startHostWriter(ctx, t, client, p)
+	var bad violationLog
 	h := &watchHammer{op: storage.NewWatchPrefixOp[*host](client, p), ctx: ctx, bad: &bad,
 		failed: map[int64]bool{}, closedIn: map[int64]bool{}, reported: map[int64]int{}, sentinels: map[int64]string{}}
 	t.Cleanup(h.op.Close)
@@ -610,9 +597,9 @@ func TestLifecycleWatchUnderConcurrentWatchCloseAndHandlerCloses(t *testing.T) {
 	}))
 	stopDrain()
 	<-drained
-	watchPut(t, client, p+"final", "f")
+	putNamed(t, client, p+"final", "f")
 	require.Equal(t, p+"final", recvValue(t, got))
-	require.ErrorIs(t, recvWatchError(t, h.op.Error()), errBoom)
+	require.ErrorIs(t, recvValue(t, h.op.Error()), errBoom)
 	h.op.Close()
 	bad.require(t)
 }
@@ -641,7 +628,7 @@ func checkSettledWatch(t *testing.T, h *watchHammer, client *clientv3.Client, se
 	failed, closedIn := h.failed[run], h.closedIn[run]
 	h.mu.Unlock()
 	if closedIn {
-		require.Eventually(t, probe, watchWait, time.Millisecond, "run %d, closed from inside its handler, never ended", run)
+		require.Eventually(t, probe, waitTimeout, time.Millisecond, "run %d, closed from inside its handler, never ended", run)
 		return
 	}
 	if failed {
@@ -649,13 +636,13 @@ func checkSettledWatch(t *testing.T, h *watchHammer, client *clientv3.Client, se
 			h.mu.Lock()
 			defer h.mu.Unlock()
 			return h.reported[run] == 1
-		}, watchWait, time.Millisecond, "run %d failed and is in progress: its error never reached Error()", run)
+		}, waitTimeout, time.Millisecond, "run %d failed and is in progress: its error never reached Error()", run)
 		return
 	}
-	watchPut(t, client, sentinel, "s")
+	putNamed(t, client, sentinel, "s")
 	require.Eventually(t, func() bool {
 		h.mu.Lock()
 		defer h.mu.Unlock()
 		return h.sentinels[run] == sentinel
-	}, watchWait, time.Millisecond, "run %d is in progress but does not deliver", run)
+	}, waitTimeout, time.Millisecond, "run %d is in progress but does not deliver", run)
 }

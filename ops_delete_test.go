@@ -21,14 +21,6 @@ func allKeys(t *testing.T, client *clientv3.Client) []string {
 	return keys
 }
 
-// currentRevision returns etcd's revision now.
-func currentRevision(t *testing.T, client *clientv3.Client) int64 {
-	t.Helper()
-	resp, err := client.Get(testContext(t), "/no/such/key")
-	require.NoError(t, err)
-	return resp.Header.Revision
-}
-
 func TestDeleteKey(t *testing.T) {
 	t.Parallel()
 	client := newClient(t)

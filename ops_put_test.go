@@ -22,13 +22,6 @@ import (
 	"github.com/etcdkit/storage/storagetest"
 )
 
-// blob holds random bytes: its JSON (base64) hardly compresses, so a blob
-// reaches size limits that gzip would otherwise keep it under.
-type blob struct {
-	storage.StoredValue
-	Data []byte `json:"data"`
-}
-
 func randomBlob(t *testing.T, n int) *blob {
 	t.Helper()
 	data := make([]byte, n)
@@ -309,15 +302,15 @@ func TestPutWithTTL(t *testing.T) {
 			// Documented bound: ceil(ttl + 0.5s) seconds, plus etcd's expiry
 			// check every 0.5 s (1.5 s for 500 ms, 2.5 s for 1 s). How late
 			// etcd revokes depends on the machine's speed, so the bound is
-			// checked on the lease (edgeCheckLease) and only logged here;
-			// the key must be gone within a generous edgeTTLPatience more.
+			// checked on the lease (checkLease) and only logged here;
+			// the key must be gone within a generous ttlPatience more.
 			bound := time.Duration(math.Ceil((ttl+time.Second/2).Seconds()))*time.Second + time.Second/2
 			key := storage.Key("ttl", ttl.String())
 			exists := storage.NewExistsOp(client, key)
 
 			start := time.Now()
 			require.NoError(t, storage.NewPutOp(client, key, &host{Name: "short-lived"}).WithTTL(ttl).Exec(ctx))
-			edgeCheckLease(ctx, t, client, key, ttl)
+			checkLease(ctx, t, client, key, ttl)
 
 			var lastSeenSent, goneSeen atomic.Int64 // durations since start
 			require.Eventually(t, func() bool {
@@ -332,7 +325,7 @@ func TestPutWithTTL(t *testing.T) {
 				}
 				goneSeen.Store(int64(time.Since(start)))
 				return true
-			}, bound+edgeTTLPatience, 10*time.Millisecond, "the key is never gone")
+			}, bound+ttlPatience, 10*time.Millisecond, "the key is never gone")
 
 			t.Logf("last seen by a read sent after %v; gone by %v (documented bound %v)",
 				time.Duration(lastSeenSent.Load()), time.Duration(goneSeen.Load()), bound)

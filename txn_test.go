@@ -23,32 +23,8 @@ import (
 	"github.com/etcdkit/storage/storagetest"
 )
 
-// txnBlob holds random bytes: incompressible, so the gzip applied to large
-// values cannot shrink a request below the size limit a test aims at.
-type txnBlob struct {
-	storage.StoredValue
-	Data []byte `json:"data"`
-}
-
-// foreignOp is a TxnOperation written outside the package: a raw put guarded
-// by raw compares. Commit sees it through the interface alone.
-type foreignOp struct {
-	key, val string
-	cmps     []clientv3.Cmp
-	revision int64
-}
-
-var _ storage.TxnOperation = (*foreignOp)(nil)
-
-func (f *foreignOp) ClientOp(context.Context) (clientv3.Op, error) {
-	return clientv3.OpPut(f.key, f.val), nil
-}
-func (f *foreignOp) Cmps() []clientv3.Cmp          { return f.cmps }
-func (f *foreignOp) UpdateRevision(revision int64) { f.revision = revision }
-func (f *foreignOp) Revision() int64               { return f.revision }
-
-// txnStored reads key with the raw client: nil when it does not exist.
-func txnStored(t *testing.T, client *clientv3.Client, key string) *mvccpb.KeyValue {
+// storedKV reads key with the raw client: nil when it does not exist.
+func storedKV(t *testing.T, client *clientv3.Client, key string) *mvccpb.KeyValue {
 	t.Helper()
 	resp, err := client.Get(testContext(t), key)
 	require.NoError(t, err)
@@ -58,27 +34,12 @@ func txnStored(t *testing.T, client *clientv3.Client, key string) *mvccpb.KeyVal
 	return resp.Kvs[0]
 }
 
-// txnRevision is the store's current revision, read with the raw client.
-func txnRevision(t *testing.T, client *clientv3.Client) int64 {
-	t.Helper()
-	resp, err := client.Get(testContext(t), "revision-probe")
-	require.NoError(t, err)
-	return resp.Header.Revision
-}
-
 // putTimes puts key n times, so that its etcd version is n.
 func putTimes(t *testing.T, client *clientv3.Client, key string, n int) {
 	t.Helper()
 	for i := range n {
 		put(t, client, key, fmt.Sprintf(`{"name":"v%d"}`, i+1))
 	}
-}
-
-// hostAt is a hand-built host carrying version, as read before a change.
-func hostAt(name string, version int64) *host {
-	h := &host{Name: name}
-	h.SetVersion(version)
-	return h
 }
 
 // requireRevisions checks that every op recorded revision.
@@ -103,14 +64,14 @@ func TestTxnCommitsEveryOpKind(t *testing.T) {
 		storage.NewPutOp(client, "/put", &host{Name: "put"}),
 		storage.NewPutOp(client, "/put-ttl", &host{Name: "put-ttl"}).WithTTL(time.Minute),
 		storage.NewCreateOp(client, "/create", &host{Name: "create"}),
-		storage.NewUpdateOp(client, "/update", hostAt("update", 1)),
+		storage.NewUpdateOp(client, "/update", hostWithVersion("update", 0, 1)),
 		storage.NewDeleteKeyOp(client, "/delete-key"),
 		storage.NewDeletePrefixOp(client, "/prefix"),
-		storage.NewDeleteValueOp(client, "/delete-value", hostAt("", 2)),
+		storage.NewDeleteValueOp(client, "/delete-value", hostWithVersion("", 0, 2)),
 	}
 	require.NoError(t, storage.NewTxn(client, ops...).Commit(ctx))
 
-	revision := txnRevision(t, client)
+	revision := currentRevision(t, client)
 	requireRevisions(t, revision, ops...)
 	for _, tc := range []struct {
 		key         string
@@ -127,7 +88,7 @@ func TestTxnCommitsEveryOpKind(t *testing.T) {
 		{key: "/prefixed", wantName: "v1", wantVersion: 1},
 		{key: "/delete-value"},
 	} {
-		kv := txnStored(t, client, tc.key)
+		kv := storedKV(t, client, tc.key)
 		if tc.wantName == "" {
 			assert.Nil(t, kv, "%s survived the txn", tc.key)
 			continue
@@ -140,7 +101,7 @@ func TestTxnCommitsEveryOpKind(t *testing.T) {
 		assert.Equal(t, tc.wantName, got.Name, tc.key)
 		assert.Equal(t, tc.wantVersion, kv.Version, "version of %s", tc.key)
 	}
-	assert.NotZero(t, txnStored(t, client, "/put-ttl").Lease, "the TTL put in a txn is not attached to a lease")
+	assert.NotZero(t, storedKV(t, client, "/put-ttl").Lease, "the TTL put in a txn is not attached to a lease")
 }
 
 func TestTxnWithAFailedCompareWritesNothing(t *testing.T) {
@@ -169,7 +130,7 @@ func TestTxnWithAFailedCompareWritesNothing(t *testing.T) {
 			ops: func(c *clientv3.Client) []storage.TxnOperation {
 				return []storage.TxnOperation{
 					storage.NewPutOp(c, "/put", &host{Name: "x"}),
-					storage.NewUpdateOp(c, "/a", hostAt("x", 3)),
+					storage.NewUpdateOp(c, "/a", hostWithVersion("x", 0, 3)),
 				}
 			},
 			wantIs:   []error{storage.ErrValueVersionMismatch},
@@ -180,7 +141,7 @@ func TestTxnWithAFailedCompareWritesNothing(t *testing.T) {
 			ops: func(c *clientv3.Client) []storage.TxnOperation {
 				return []storage.TxnOperation{
 					storage.NewPutOp(c, "/put", &host{Name: "x"}),
-					storage.NewUpdateOp(c, "/gone", hostAt("x", 2)),
+					storage.NewUpdateOp(c, "/gone", hostWithVersion("x", 0, 2)),
 				}
 			},
 			wantIs:   []error{storage.ErrValueVersionMismatch},
@@ -204,7 +165,7 @@ func TestTxnWithAFailedCompareWritesNothing(t *testing.T) {
 			ops: func(c *clientv3.Client) []storage.TxnOperation {
 				return []storage.TxnOperation{
 					storage.NewDeleteKeyOp(c, "/other"),
-					storage.NewDeleteValueOp(c, "/d", hostAt("", 1)),
+					storage.NewDeleteValueOp(c, "/d", hostWithVersion("", 0, 1)),
 				}
 			},
 			wantIs:   []error{storage.ErrValueVersionMismatch},
@@ -215,10 +176,10 @@ func TestTxnWithAFailedCompareWritesNothing(t *testing.T) {
 			setup: map[string]int{"/a": 5, "/b": 1, "/c": 1, "/d": 3},
 			ops: func(c *clientv3.Client) []storage.TxnOperation {
 				return []storage.TxnOperation{
-					storage.NewUpdateOp(c, "/a", hostAt("x", 3)),
+					storage.NewUpdateOp(c, "/a", hostWithVersion("x", 0, 3)),
 					storage.NewCreateOp(c, "/b", &host{Name: "x"}),
-					storage.NewUpdateOp(c, "/c", hostAt("x", 1)), // holds
-					storage.NewDeleteValueOp(c, "/d", hostAt("", 2)),
+					storage.NewUpdateOp(c, "/c", hostWithVersion("x", 0, 1)), // holds
+					storage.NewDeleteValueOp(c, "/d", hostWithVersion("", 0, 2)),
 					storage.NewDeletePrefixOp(c, "/p"),
 				}
 			},
@@ -239,9 +200,9 @@ func TestTxnWithAFailedCompareWritesNothing(t *testing.T) {
 			}
 			put(t, client, "/p/x", `{"name":"under a prefix"}`)
 			for _, key := range []string{"/a", "/b", "/c", "/d", "/gone", "/put", "/other", "/p/x"} {
-				before[key] = txnStored(t, client, key)
+				before[key] = storedKV(t, client, key)
 			}
-			revision := txnRevision(t, client)
+			revision := currentRevision(t, client)
 
 			ops := tc.ops(client)
 			err := storage.NewTxn(client, ops...).Commit(ctx)
@@ -255,9 +216,9 @@ func TestTxnWithAFailedCompareWritesNothing(t *testing.T) {
 			}
 			assert.Equal(t, len(tc.wantMsgs), strings.Count(err.Error(), ": value version mismatch")+
 				strings.Count(err.Error(), ": key already exists"), "failed ops named in %q", err)
-			assert.Equal(t, revision, txnRevision(t, client), "the failed txn wrote something")
+			assert.Equal(t, revision, currentRevision(t, client), "the failed txn wrote something")
 			for key, kv := range before {
-				assert.Equal(t, kv, txnStored(t, client, key), "%s changed", key)
+				assert.Equal(t, kv, storedKV(t, client, key), "%s changed", key)
 			}
 			requireRevisions(t, revision, ops...)
 		})
@@ -281,8 +242,8 @@ func TestTxnUpdateOfRevisionedValueAfterRecreateFails(t *testing.T) {
 	require.ErrorIs(t, err, storage.ErrOperationConstraintViolated)
 	require.ErrorIs(t, err, storage.ErrValueVersionMismatch)
 	require.ErrorContains(t, err, fmt.Sprintf("update /r: mod revision %d, stored %d", staleRev, recreatedRev))
-	assert.JSONEq(t, `{"name":"new","count":0}`, string(txnStored(t, client, "/r").Value))
-	assert.Nil(t, txnStored(t, client, "/other"))
+	assert.JSONEq(t, `{"name":"new","count":0}`, string(storedKV(t, client, "/r").Value))
+	assert.Nil(t, storedKV(t, client, "/other"))
 }
 
 func TestTxnRefusesDuplicateKeys(t *testing.T) {
@@ -309,7 +270,7 @@ func TestTxnRefusesDuplicateKeys(t *testing.T) {
 			ops: func(c *clientv3.Client) []storage.TxnOperation {
 				return []storage.TxnOperation{
 					storage.NewCreateOp(c, "/a", &host{}).WithTTL(time.Minute),
-					storage.NewUpdateOp(c, "/a", hostAt("x", 1)),
+					storage.NewUpdateOp(c, "/a", hostWithVersion("x", 0, 1)),
 				}
 			},
 			wantMsgs: []string{"put /a, put /a"},
@@ -325,7 +286,7 @@ func TestTxnRefusesDuplicateKeys(t *testing.T) {
 			name: "two deletes of one key",
 			ops: func(c *clientv3.Client) []storage.TxnOperation {
 				return []storage.TxnOperation{
-					storage.NewDeleteValueOp(c, "/a", hostAt("", 1)),
+					storage.NewDeleteValueOp(c, "/a", hostWithVersion("", 0, 1)),
 					ttlPut(c, "/b"),
 					storage.NewDeleteKeyOp(c, "/a"),
 				}
@@ -361,7 +322,7 @@ func TestTxnRefusesDuplicateKeys(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			client := newClient(t)
 			ctx := testContext(t)
-			revision := txnRevision(t, client)
+			revision := currentRevision(t, client)
 
 			ops := tc.ops(client)
 			err := storage.NewTxn(client, ops...).Commit(ctx)
@@ -374,7 +335,7 @@ func TestTxnRefusesDuplicateKeys(t *testing.T) {
 				require.NotContains(t, err.Error(), not)
 			}
 			requireRevisions(t, 0, ops...)
-			assert.Equal(t, revision, txnRevision(t, client), "the refused txn wrote something")
+			assert.Equal(t, revision, currentRevision(t, client), "the refused txn wrote something")
 			leases, err := client.Leases(ctx)
 			require.NoError(t, err)
 			assert.Empty(t, leases.Leases, "the refused txn granted a lease")
@@ -423,10 +384,10 @@ func TestTxnAcceptsOpsEtcdAccepts(t *testing.T) {
 			require.NoError(t, storage.NewTxn(client, tc.ops(client)...).Commit(testContext(t)))
 
 			for _, key := range tc.wantGone {
-				assert.Nil(t, txnStored(t, client, key), "%s survived", key)
+				assert.Nil(t, storedKV(t, client, key), "%s survived", key)
 			}
 			for _, key := range tc.wantKept {
-				assert.NotNil(t, txnStored(t, client, key), "%s is missing", key)
+				assert.NotNil(t, storedKV(t, client, key), "%s is missing", key)
 			}
 		})
 	}
@@ -443,25 +404,25 @@ func TestTxnCommitsAgainAfterRefresh(t *testing.T) {
 	client := newClient(t)
 	ctx := testContext(t)
 	putTimes(t, client, "/a", 2)
-	h := hostAt("mine", 1) // read before someone else's put
+	h := hostWithVersion("mine", 0, 1) // read before someone else's put
 	update := storage.NewUpdateOp(client, "/a", h).WithUpdatedVersion()
 	create := storage.NewCreateOp(client, "/b", &host{Name: "b"})
 	txn := storage.NewTxn(client, update, create)
 
 	err := txn.Commit(ctx)
 	require.ErrorIs(t, err, storage.ErrValueVersionMismatch)
-	require.Nil(t, txnStored(t, client, "/b"), "the failed commit created /b")
+	require.Nil(t, storedKV(t, client, "/b"), "the failed commit created /b")
 
 	fresh, err := storage.NewGetOp[*host](client, "/a").Exec(ctx)
 	require.NoError(t, err)
 	h.SetVersion(fresh.Version())
 	require.NoError(t, txn.Commit(ctx), "the second commit sends the refreshed version")
 
-	kv := txnStored(t, client, "/a")
+	kv := storedKV(t, client, "/a")
 	assert.JSONEq(t, `{"name":"mine","port":0}`, string(kv.Value))
 	assert.EqualValues(t, 3, kv.Version)
 	assert.EqualValues(t, 3, h.Version(), "version written back on the second commit")
-	assert.NotNil(t, txnStored(t, client, "/b"))
+	assert.NotNil(t, storedKV(t, client, "/b"))
 	requireRevisions(t, kv.ModRevision, update, create)
 }
 
@@ -480,8 +441,8 @@ func TestTxnOpsAddedAfterCommitJoinTheNext(t *testing.T) {
 
 	assert.Greater(t, b.Revision(), first)
 	assert.Equal(t, b.Revision(), a.Revision(), "a and b were not committed together")
-	assert.EqualValues(t, 2, txnStored(t, client, "/a").Version, "the first op is not in the second commit")
-	assert.Equal(t, b.Revision(), txnStored(t, client, "/b").ModRevision)
+	assert.EqualValues(t, 2, storedKV(t, client, "/a").Version, "the first op is not in the second commit")
+	assert.Equal(t, b.Revision(), storedKV(t, client, "/b").ModRevision)
 }
 
 func TestTxnWritesVersionsBack(t *testing.T) {
@@ -493,9 +454,9 @@ func TestTxnWritesVersionsBack(t *testing.T) {
 	require.NoError(t, err)
 
 	newHost := &host{Name: "new"}
-	existingHost := hostAt("existing", 2)
+	existingHost := hostWithVersion("existing", 0, 2)
 	created := &host{Name: "created"}
-	untouched := hostAt("untouched", 7) // no WithUpdatedVersion: keeps 7
+	untouched := hostWithVersion("untouched", 0, 7) // no WithUpdatedVersion: keeps 7
 	newRecord := &record{Name: "new"}
 	ops := []storage.TxnOperation{
 		storage.NewPutOp(client, "/new", newHost).WithUpdatedVersion(),
@@ -506,7 +467,7 @@ func TestTxnWritesVersionsBack(t *testing.T) {
 		storage.NewUpdateOp(client, "/existing-record", read).WithUpdatedVersion(),
 	}
 	require.NoError(t, storage.NewTxn(client, ops...).Commit(ctx))
-	revision := txnRevision(t, client)
+	revision := currentRevision(t, client)
 	requireRevisions(t, revision, ops...)
 
 	for _, tc := range []struct {
@@ -525,7 +486,7 @@ func TestTxnWritesVersionsBack(t *testing.T) {
 	}
 	assert.Equal(t, revision, newRecord.ModRevision(), "mod revision of a new record")
 	assert.Equal(t, revision, read.ModRevision(), "mod revision of an updated record")
-	assert.Equal(t, txnStored(t, client, "/existing-record").ModRevision, read.ModRevision())
+	assert.Equal(t, storedKV(t, client, "/existing-record").ModRevision, read.ModRevision())
 
 	// The written-back state is what etcd holds: updates from it succeed.
 	require.NoError(t, storage.NewTxn(client,
@@ -543,7 +504,7 @@ func TestTxnLimits(t *testing.T) {
 		for i := range 70 {
 			key := fmt.Sprintf("/k/%03d", i)
 			put(t, client, key, `{"name":"x"}`)
-			ops = append(ops, storage.NewUpdateOp(client, key, hostAt("y", 1)))
+			ops = append(ops, storage.NewUpdateOp(client, key, hostWithVersion("y", 0, 1)))
 		}
 		require.NoError(t, storage.NewTxn(client, ops...).Commit(ctx))
 		resp, err := client.Get(ctx, "/k/", clientv3.WithPrefix())
@@ -570,7 +531,7 @@ func TestTxnLimits(t *testing.T) {
 		require.ErrorIs(t, err, rpctypes.ErrTooManyOps)
 		require.ErrorContains(t, err, "129 ops and 65 compares")
 		require.ErrorContains(t, err, "operation limit")
-		assert.Nil(t, txnStored(t, client, "/k/000"))
+		assert.Nil(t, storedKV(t, client, "/k/000"))
 	})
 
 	// Four values of 32 KiB random bytes: about 170 KiB of JSON, 130 KiB
@@ -582,7 +543,7 @@ func TestTxnLimits(t *testing.T) {
 			data := make([]byte, 32<<10)
 			_, err := rand.Read(data)
 			require.NoError(t, err)
-			ops = append(ops, storage.NewPutOp(client, fmt.Sprintf("/big/%d", i), &txnBlob{Data: data}))
+			ops = append(ops, storage.NewPutOp(client, fmt.Sprintf("/big/%d", i), &blob{Data: data}))
 		}
 		return ops
 	}
@@ -594,7 +555,7 @@ func TestTxnLimits(t *testing.T) {
 		require.ErrorContains(t, err, "server's request size limit")
 		require.ErrorContains(t, err, "4 ops and 0 compares")
 		require.NotContains(t, err.Error(), "client's gRPC message size limit")
-		assert.Nil(t, txnStored(t, client, "/big/0"))
+		assert.Nil(t, storedKV(t, client, "/big/0"))
 	})
 
 	t.Run("the client's send limit is named", func(t *testing.T) {
@@ -607,124 +568,7 @@ func TestTxnLimits(t *testing.T) {
 		require.ErrorContains(t, err, "4 ops and 0 compares")
 		require.NotErrorIs(t, err, rpctypes.ErrRequestTooLarge)
 		require.NotContains(t, err.Error(), "server's request size limit")
-		assert.Nil(t, txnStored(t, client, "/big/0"))
-	})
-}
-
-func TestTxnForeignOp(t *testing.T) {
-	isYes := func() []clientv3.Cmp {
-		return []clientv3.Cmp{clientv3.Compare(clientv3.Value("/x"), "=", "yes")}
-	}
-
-	t.Run("commits with ours when its compare holds", func(t *testing.T) {
-		client := newClient(t)
-		put(t, client, "/x", "yes")
-		foreign := &foreignOp{key: "/f", val: "raw", cmps: isYes()}
-		create := storage.NewCreateOp(client, "/c", &host{Name: "c"})
-
-		require.NoError(t, storage.NewTxn(client, create, foreign).Commit(testContext(t)))
-
-		assert.Equal(t, "raw", string(txnStored(t, client, "/f").Value))
-		assert.NotNil(t, txnStored(t, client, "/c"))
-		requireRevisions(t, txnRevision(t, client), create, foreign)
-	})
-
-	t.Run("its failed compare fails the txn and is reported", func(t *testing.T) {
-		client := newClient(t)
-		put(t, client, "/x", "no")
-		revision := txnRevision(t, client)
-		foreign := &foreignOp{key: "/f", val: "raw", cmps: isYes()}
-		create := storage.NewCreateOp(client, "/c", &host{Name: "c"})
-
-		err := storage.NewTxn(client, create, foreign).Commit(testContext(t))
-
-		require.ErrorIs(t, err, storage.ErrOperationConstraintViolated)
-		require.ErrorContains(t, err, "put /f: compare on /x failed")
-		require.NotContains(t, err.Error(), "/c", "the create's compare held")
-		assert.Nil(t, txnStored(t, client, "/f"))
-		assert.Nil(t, txnStored(t, client, "/c"))
-		requireRevisions(t, revision, create, foreign)
-	})
-
-	t.Run("its holding compare is not blamed for our op's failure", func(t *testing.T) {
-		client := newClient(t)
-		put(t, client, "/x", "yes")
-		put(t, client, "/c", `{"name":"taken"}`)
-		foreign := &foreignOp{key: "/f", val: "raw", cmps: isYes()}
-		create := storage.NewCreateOp(client, "/c", &host{Name: "c"})
-
-		err := storage.NewTxn(client, create, foreign).Commit(testContext(t))
-
-		require.ErrorIs(t, err, storage.ErrAlreadyExists)
-		require.ErrorContains(t, err, "create /c: key already exists")
-		require.NotContains(t, err.Error(), "/x", "a compare that held is reported as failed")
-		assert.Nil(t, txnStored(t, client, "/f"))
-	})
-
-	// etcd judges each foreign compare (clientv3.Cmp cannot be read back
-	// from 3.7 on), so its verdict holds where a reading of the compared key
-	// would not: over a range, and for a value of a missing key.
-	t.Run("each compare is reported as etcd judged it", func(t *testing.T) {
-		client := newClient(t)
-		put(t, client, "/x", "yes")
-		put(t, client, "/p/a", "1")
-		rev := put(t, client, "/p/b", "2")
-		foreign := &foreignOp{key: "/f", val: "raw", cmps: []clientv3.Cmp{
-			clientv3.Compare(clientv3.Value("/x"), "=", "yes"), // holds
-			// Fails on /p/b alone; /p/ itself does not exist.
-			clientv3.Compare(clientv3.ModRevision("/p/").WithPrefix(), "<", rev),
-			// etcd fails any value compare on a missing key, even "!=".
-			clientv3.Compare(clientv3.Value("/missing"), "!=", "x"),
-			clientv3.Compare(clientv3.Version("/p/a"), "=", 1), // holds
-		}}
-
-		err := storage.NewTxn(client, foreign).Commit(testContext(t))
-
-		require.ErrorIs(t, err, storage.ErrOperationConstraintViolated)
-		require.ErrorContains(t, err, "put /f: compare on /p/ failed; put /f: compare on /missing failed")
-		require.NotContains(t, err.Error(), "/x", "a compare that held is reported as failed")
-		require.NotContains(t, err.Error(), "/p/a", "a compare that held is reported as failed")
-		assert.Nil(t, txnStored(t, client, "/f"))
-	})
-
-	t.Run("a value compare over a range sees the value of a key our op compares", func(t *testing.T) {
-		client := newClient(t)
-		put(t, client, "/v/a", `{"name":"x"}`)
-		put(t, client, "/v/b", `{"name":"x"}`)
-		update := storage.NewUpdateOp(client, "/v/a", hostAt("y", 1)) // holds
-		foreign := &foreignOp{key: "/f", val: "raw", cmps: []clientv3.Cmp{
-			clientv3.Compare(clientv3.Value("/v/").WithPrefix(), "=", `{"name":"x"}`), // holds
-			clientv3.Compare(clientv3.Version("/nope"), ">", 0),                       // fails
-		}}
-
-		err := storage.NewTxn(client, foreign, update).Commit(testContext(t)) // the range is read first
-
-		require.ErrorIs(t, err, storage.ErrOperationConstraintViolated)
-		require.ErrorContains(t, err, "put /f: compare on /nope failed")
-		require.NotContains(t, err.Error(), "/v/", "a compare that held is reported as failed")
-	})
-
-	t.Run("128 compares, ours and its, fit the default operation limit when they fail", func(t *testing.T) {
-		client := newClient(t)
-		ctx := testContext(t)
-		var ops []storage.TxnOperation
-		var cmps []clientv3.Cmp
-		for i := range 64 {
-			ours, its := fmt.Sprintf("/ours/%02d", i), fmt.Sprintf("/its/%02d", i)
-			put(t, client, ours, `{"name":"taken"}`)
-			put(t, client, its, "taken")
-			ops = append(ops, storage.NewCreateOp(client, ours, &host{}))
-			cmps = append(cmps, clientv3.Compare(clientv3.Version(its), "=", 0))
-		}
-		ops = append(ops, &foreignOp{key: "/f", val: "raw", cmps: cmps})
-
-		err := storage.NewTxn(client, ops...).Commit(ctx)
-
-		require.ErrorIs(t, err, storage.ErrOperationConstraintViolated, "the else branch must fit the limit too")
-		require.NotErrorIs(t, err, rpctypes.ErrTooManyOps)
-		msg := err.Error()
-		assert.Equal(t, 64, strings.Count(msg, ": key already exists"), msg)
-		assert.Equal(t, 64, strings.Count(msg, "put /f: compare on /its/"), msg)
+		assert.Nil(t, storedKV(t, client, "/big/0"))
 	})
 }
 
@@ -760,8 +604,8 @@ func TestTxnCommitWithACancelledContextFails(t *testing.T) {
 			err := storage.NewTxn(client, tc.ops(client)...).Commit(ctx)
 
 			require.ErrorIs(t, err, context.Canceled)
-			assert.Nil(t, txnStored(t, client, "/a"))
-			assert.Nil(t, txnStored(t, client, "/b"))
+			assert.Nil(t, storedKV(t, client, "/a"))
+			assert.Nil(t, storedKV(t, client, "/b"))
 		})
 	}
 }
@@ -808,10 +652,10 @@ func TestTxnCommittedFromManyGoroutinesRunsEachCommitAlone(t *testing.T) {
 	}
 
 	const total = goroutines * commits
-	assert.EqualValues(t, total+1, txnStored(t, client, "/c/counter").Version)
+	assert.EqualValues(t, total+1, storedKV(t, client, "/c/counter").Version)
 	assert.EqualValues(t, total+1, counter.Version(), "the last commit's version is written back")
 	assert.EqualValues(t, total, h.Version())
-	assert.Equal(t, txnStored(t, client, "/c/counter").ModRevision, counter.ModRevision())
+	assert.Equal(t, storedKV(t, client, "/c/counter").ModRevision, counter.ModRevision())
 }
 
 // TestTxnNeverBlamesAnOpWithoutACompare: when a foreign op's compare on the
@@ -828,7 +672,7 @@ func TestTxnNeverBlamesAnOpWithoutACompare(t *testing.T) {
 			return storage.NewPutOp(c, "/a", &host{Name: "x"})
 		}, "put /a"},
 		{"a put with a TTL", "/a", func(c *clientv3.Client) storage.TxnOperation {
-			return storage.NewPutOp(c, "/a", hostAt("x", 3)).WithTTL(time.Minute)
+			return storage.NewPutOp(c, "/a", hostWithVersion("x", 0, 3)).WithTTL(time.Minute)
 		}, "put /a"},
 		{"a key delete", "/a", func(c *clientv3.Client) storage.TxnOperation {
 			return storage.NewDeleteKeyOp(c, "/a")
@@ -840,7 +684,7 @@ func TestTxnNeverBlamesAnOpWithoutACompare(t *testing.T) {
 		t.Run(tc.name+" is not named", func(t *testing.T) {
 			client := newClient(t)
 			putTimes(t, client, tc.key, 3)
-			revision := txnRevision(t, client)
+			revision := currentRevision(t, client)
 			ours := tc.op(client)
 			foreign := &foreignOp{key: "/f", val: "raw", cmps: []clientv3.Cmp{
 				clientv3.Compare(clientv3.Version(tc.key), "=", 1),
@@ -852,7 +696,7 @@ func TestTxnNeverBlamesAnOpWithoutACompare(t *testing.T) {
 			require.ErrorContains(t, err, "put /f: compare on "+tc.key+" failed")
 			assert.NotErrorIs(t, err, storage.ErrValueVersionMismatch)
 			assert.NotContains(t, err.Error(), tc.not)
-			assert.EqualValues(t, 3, txnStored(t, client, tc.key).Version, "the failed txn wrote %s", tc.key)
+			assert.EqualValues(t, 3, storedKV(t, client, tc.key).Version, "the failed txn wrote %s", tc.key)
 			requireRevisions(t, revision, ours, foreign)
 		})
 	}
@@ -865,7 +709,7 @@ func TestTxnRefusesDeletingTheWholeKeyspaceFirst(t *testing.T) {
 		t.Run(fmt.Sprintf("delete prefix %q with a put", prefix), func(t *testing.T) {
 			client := newClient(t)
 			ctx := testContext(t)
-			revision := txnRevision(t, client)
+			revision := currentRevision(t, client)
 			ops := []storage.TxnOperation{
 				storage.NewPutOp(client, "/a", &host{Name: "x"}).WithTTL(time.Minute),
 				storage.NewDeletePrefixOp(client, prefix),
@@ -876,7 +720,7 @@ func TestTxnRefusesDeletingTheWholeKeyspaceFirst(t *testing.T) {
 			require.ErrorContains(t, err, fmt.Sprintf("delete prefix %q: refusing to delete the whole keyspace", prefix))
 			assert.NotErrorIs(t, err, storage.ErrDuplicateKeysInTransaction)
 			requireRevisions(t, 0, ops...)
-			assert.Equal(t, revision, txnRevision(t, client), "the refused txn wrote something")
+			assert.Equal(t, revision, currentRevision(t, client), "the refused txn wrote something")
 			leases, err := client.Leases(ctx)
 			require.NoError(t, err)
 			assert.Empty(t, leases.Leases, "the refused txn granted a lease")

@@ -34,13 +34,6 @@ func hostOfJSONSize(t *testing.T, n int) *host {
 	return h
 }
 
-// hostWithVersion is a hand-built host as a read from etcd should return it.
-func hostWithVersion(name string, port int, version int64) *host {
-	h := &host{Name: name, Port: port}
-	h.SetVersion(version)
-	return h
-}
-
 // storedBytes returns the bytes etcd holds for key.
 func storedBytes(t *testing.T, client *clientv3.Client, key string) []byte {
 	t.Helper()

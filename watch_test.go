@@ -2,289 +2,24 @@ package storage_test
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
-	"go.uber.org/goleak"
 
 	"github.com/etcdkit/storage"
 	"github.com/etcdkit/storage/storagetest"
 )
-
-// watchWait bounds every wait for something the watch must do. It is long
-// because a loaded CI runner under -race is slow; a passing test never waits
-// it out.
-const watchWait = 30 * time.Second
-
-// watchQuiet is how long a test watches for something that must not happen
-// (an event or error after the watch stopped). Absence can only be asserted
-// over a window; nothing else in this file waits on a clock.
-const watchQuiet = 300 * time.Millisecond
-
-// watchRecorder collects, in order, the events its handle receives.
-type watchRecorder struct {
-	c chan storage.Event[*host]
-}
-
-func newWatchRecorder() *watchRecorder {
-	// Large enough that handle never blocks in these tests: a blocked
-	// handler would hold up Close.
-	return &watchRecorder{c: make(chan storage.Event[*host], 4096)}
-}
-
-func (r *watchRecorder) handle(e *storage.Event[*host]) error {
-	r.c <- *e
-	return nil
-}
-
-// next returns the next event, failing the test if none comes in watchWait.
-func (r *watchRecorder) next(t *testing.T) storage.Event[*host] {
-	t.Helper()
-	timer := time.NewTimer(watchWait)
-	defer timer.Stop()
-	select {
-	case e := <-r.c:
-		return e
-	case <-timer.C:
-		t.Fatalf("no watch event within %v", watchWait)
-		return storage.Event[*host]{}
-	}
-}
-
-// take returns the next n events.
-func (r *watchRecorder) take(t *testing.T, n int) []storage.Event[*host] {
-	t.Helper()
-	events := make([]storage.Event[*host], n)
-	for i := range events {
-		events[i] = r.next(t)
-	}
-	return events
-}
-
-// until returns the events up to and including the first one for key.
-func (r *watchRecorder) until(t *testing.T, key string) []storage.Event[*host] {
-	t.Helper()
-	var events []storage.Event[*host]
-	for {
-		e := r.next(t)
-		events = append(events, e)
-		if e.Key == key {
-			return events
-		}
-	}
-}
-
-// requireQuiet asserts that no event arrives within watchQuiet.
-func (r *watchRecorder) requireQuiet(t *testing.T) {
-	t.Helper()
-	select {
-	case e := <-r.c:
-		t.Fatalf("unexpected watch event: %+v", e)
-	case <-time.After(watchQuiet):
-	}
-}
-
-// recvWatchError returns the next value on errc (an error from Error(), or
-// what a Watch run in a goroutine returned), failing the test if none comes
-// in watchWait.
-func recvWatchError(t *testing.T, errc <-chan error) error {
-	t.Helper()
-	timer := time.NewTimer(watchWait)
-	defer timer.Stop()
-	select {
-	case err := <-errc:
-		return err
-	case <-timer.C:
-		t.Fatalf("no error on the watch's error channel within %v", watchWait)
-		return nil
-	}
-}
-
-// waitWatchSignal waits for c to be closed, failing the test after watchWait.
-func waitWatchSignal(t *testing.T, c <-chan struct{}, what string) {
-	t.Helper()
-	select {
-	case <-c:
-	case <-time.After(watchWait):
-		t.Fatalf("%s: not within %v", what, watchWait)
-	}
-}
-
-// watchHostJSON is the stored form of a host named name, as NewPutOp writes it.
-func watchHostJSON(name string) string {
-	data, err := json.Marshal(&host{Name: name})
-	if err != nil {
-		panic(err)
-	}
-	return string(data)
-}
-
-// watchHost is the value a read of a host named name at version returns.
-func watchHost(name string, version int64) *host {
-	h := &host{Name: name}
-	h.SetVersion(version)
-	return h
-}
-
-// watchPut stores a host named name at key and returns the put's revision.
-func watchPut(t *testing.T, c *clientv3.Client, key, name string) int64 {
-	t.Helper()
-	return put(t, c, key, watchHostJSON(name))
-}
-
-// watchDelete deletes key and returns the delete's revision.
-func watchDelete(t *testing.T, c *clientv3.Client, key string) int64 {
-	t.Helper()
-	resp, err := c.Delete(testContext(t), key)
-	require.NoError(t, err)
-	return resp.Header.Revision
-}
-
-// watchTxn commits ops unconditionally and returns the txn's revision.
-func watchTxn(t *testing.T, c *clientv3.Client, ops ...clientv3.Op) int64 {
-	t.Helper()
-	resp, err := c.Txn(testContext(t)).Then(ops...).Commit()
-	require.NoError(t, err)
-	require.True(t, resp.Succeeded)
-	return resp.Header.Revision
-}
-
-func wantPut(key, name string, version, rev int64) storage.Event[*host] {
-	return storage.Event[*host]{Type: storage.EventTypePut, Key: key, Value: watchHost(name, version),
-		IsCreate: version == 1, IsModify: version > 1, Revision: rev}
-}
-
-func wantDelete(key string, rev int64) storage.Event[*host] {
-	return storage.Event[*host]{Type: storage.EventTypeDelete, Key: key, Revision: rev}
-}
-
-// wantDecodeError is an undecodable value at key: the event's Err must name the key.
-func wantDecodeError(key string, rev int64) storage.Event[*host] {
-	return storage.Event[*host]{Type: storage.EventTypeError, Key: key, Revision: rev,
-		Err: fmt.Errorf("failed to decode %q", key)}
-}
-
-// requireWatchEvents compares events field by field. For an expected error event
-// it requires Key, Revision, no Value and an Err containing the expected
-// error's text (IsCreate and IsModify are not part of the claim there).
-func requireWatchEvents(t *testing.T, want, got []storage.Event[*host]) {
-	t.Helper()
-	require.Len(t, got, len(want), "events: %+v", got)
-	for i := range want {
-		w, g := want[i], got[i]
-		if w.Type != storage.EventTypeError {
-			require.Equal(t, w, g, "event %d", i)
-			continue
-		}
-		require.Equal(t, storage.EventTypeError, g.Type, "event %d: %+v", i, g)
-		require.Equal(t, w.Key, g.Key, "event %d", i)
-		require.Equal(t, w.Revision, g.Revision, "event %d", i)
-		require.Nil(t, g.Value, "event %d", i)
-		require.ErrorContains(t, g.Err, w.Err.Error(), "event %d", i)
-	}
-}
-
-// watchPrefix starts a prefix watch recording into a new recorder, closed
-// when the test ends.
-func watchPrefix(t *testing.T, c *clientv3.Client, prefix string) (storage.WatchOp[*host], *watchRecorder) {
-	t.Helper()
-	op := storage.NewWatchPrefixOp[*host](c, prefix)
-	rec := newWatchRecorder()
-	require.NoError(t, op.Watch(testContext(t), rec.handle))
-	t.Cleanup(op.Close)
-	return op, rec
-}
-
-// watchKV is a raw write made before a watch starts.
-type watchKV struct{ key, value string }
-
-func TestWatchInitialReadDeliversItemsAsPutsAtTheReadRevision(t *testing.T) {
-	verifyNoLeaks(t)
-	c := newClient(t)
-
-	tests := []struct {
-		name   string
-		writes []watchKV // under the test's prefix, in order
-		want   func(p string, readRev int64) []storage.Event[*host]
-	}{{
-		name:   "an empty prefix delivers nothing",
-		writes: nil,
-		want:   func(string, int64) []storage.Event[*host] { return nil },
-	}, {
-		name:   "a version 1 item is a create, a later version a modify, each with its version",
-		writes: []watchKV{{"b", watchHostJSON("b1")}, {"a", watchHostJSON("a1")}, {"b", watchHostJSON("b2")}, {"b", watchHostJSON("b3")}},
-		want: func(p string, rev int64) []storage.Event[*host] {
-			return []storage.Event[*host]{wantPut(p+"a", "a1", 1, rev), wantPut(p+"b", "b3", 3, rev)}
-		},
-	}, {
-		name:   "an undecodable item is an error event naming its key, and the read goes on",
-		writes: []watchKV{{"a", watchHostJSON("a")}, {"bad", "not json"}, {"c", watchHostJSON("c")}},
-		want: func(p string, rev int64) []storage.Event[*host] {
-			return []storage.Event[*host]{wantPut(p+"a", "a", 1, rev), wantDecodeError(p+"bad", rev), wantPut(p+"c", "c", 1, rev)}
-		},
-	}, {
-		name:   "a JSON null item is an error event",
-		writes: []watchKV{{"null", "null"}},
-		want: func(p string, rev int64) []storage.Event[*host] {
-			return []storage.Event[*host]{wantDecodeError(p+"null", rev)}
-		},
-	}}
-	for i, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			p := fmt.Sprintf("/initial/%d/", i)
-			for _, w := range tt.writes {
-				put(t, c, p+w.key, w.value)
-			}
-			// Another key moves the revision on: the read revision is the
-			// store's, not the last write under the prefix.
-			readRev := put(t, c, "/elsewhere", watchHostJSON("x"))
-
-			_, rec := watchPrefix(t, c, p)
-
-			want := tt.want(p, readRev)
-			// Watch returns after the initial read: its events are all in.
-			require.Len(t, rec.c, len(want))
-			requireWatchEvents(t, want, rec.take(t, len(want)))
-
-			rev := watchPut(t, c, p+"zz", "after")
-			requireWatchEvents(t, []storage.Event[*host]{wantPut(p+"zz", "after", 1, rev)}, []storage.Event[*host]{rec.next(t)})
-		})
-	}
-}
-
-func TestWatchInitialReadOfALargePrefixDeliversEveryItemOnceInKeyOrder(t *testing.T) {
-	verifyNoLeaks(t)
-	c := newClient(t)
-	const p, n = "/big/", 2345 // more than two pages of the read
-	var want []string
-	for start := 0; start < n; start += 100 {
-		var ops []clientv3.Op
-		for i := start; i < min(start+100, n); i++ {
-			k := fmt.Sprintf("%s%05d", p, i)
-			want = append(want, k)
-			ops = append(ops, clientv3.OpPut(k, watchHostJSON(k)))
-		}
-		watchTxn(t, c, ops...)
-	}
-	readRev := put(t, c, "/big", watchHostJSON("outside")) // just outside the prefix
-
-	_, rec := watchPrefix(t, c, p)
-	events := rec.take(t, len(rec.c))
-	require.Equal(t, want, eventKeys(events))
-	for _, e := range events {
-		require.Equal(t, wantPut(e.Key, e.Key, 1, readRev), e)
-	}
-}
 
 func TestWatchDeliversEachChangeWithItsFields(t *testing.T) {
 	verifyNoLeaks(t)
@@ -298,30 +33,30 @@ func TestWatchDeliversEachChangeWithItsFields(t *testing.T) {
 		want   func(p string, rev int64) []storage.Event[*host]
 	}{{
 		name:   "a create is a put with IsCreate and version 1",
-		change: func(t *testing.T, p string) int64 { return watchPut(t, c, p+"new", "n") },
+		change: func(t *testing.T, p string) int64 { return putNamed(t, c, p+"new", "n") },
 		want: func(p string, rev int64) []storage.Event[*host] {
 			return []storage.Event[*host]{wantPut(p+"new", "n", 1, rev)}
 		},
 	}, {
 		name:   "a modify is a put with IsModify and the new version",
-		change: func(t *testing.T, p string) int64 { return watchPut(t, c, p+"m", "m2") },
+		change: func(t *testing.T, p string) int64 { return putNamed(t, c, p+"m", "m2") },
 		want: func(p string, rev int64) []storage.Event[*host] {
 			return []storage.Event[*host]{wantPut(p+"m", "m2", 2, rev)}
 		},
 	}, {
 		name:   "a delete has the key, no value and the delete's revision",
-		change: func(t *testing.T, p string) int64 { return watchDelete(t, c, p+"d") },
+		change: func(t *testing.T, p string) int64 { return deleteRev(t, c, p+"d") },
 		want: func(p string, rev int64) []storage.Event[*host] {
 			return []storage.Event[*host]{wantDelete(p+"d", rev)}
 		},
 	}, {
 		name: "a txn's events share its revision and arrive in the txn's order",
 		change: func(t *testing.T, p string) int64 {
-			return watchTxn(t, c,
-				clientv3.OpPut(p+"x", watchHostJSON("x")),
+			return txnRev(t, c,
+				clientv3.OpPut(p+"x", hostNamedJSON("x")),
 				clientv3.OpDelete(p+"d"),
-				clientv3.OpPut(p+"m", watchHostJSON("m2")),
-				clientv3.OpPut(p+"a", watchHostJSON("a")))
+				clientv3.OpPut(p+"m", hostNamedJSON("m2")),
+				clientv3.OpPut(p+"a", hostNamedJSON("a")))
 		},
 		want: func(p string, rev int64) []storage.Event[*host] {
 			return []storage.Event[*host]{
@@ -345,9 +80,9 @@ func TestWatchDeliversEachChangeWithItsFields(t *testing.T) {
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := fmt.Sprintf("/changes/%d/", i)
-			watchPut(t, c, p+"d", "d")
-			watchPut(t, c, p+"m", "m1")
-			_, rec := watchPrefix(t, c, p)
+			putNamed(t, c, p+"d", "d")
+			putNamed(t, c, p+"m", "m1")
+			_, rec := startWatch(t, c, p)
 			rec.take(t, 2) // the initial read
 
 			rev := tt.change(t, p)
@@ -355,7 +90,7 @@ func TestWatchDeliversEachChangeWithItsFields(t *testing.T) {
 			requireWatchEvents(t, want, rec.take(t, len(want)))
 
 			// The watch goes on, also after an error event.
-			after := watchPut(t, c, p+"zz", "after")
+			after := putNamed(t, c, p+"zz", "after")
 			requireWatchEvents(t, []storage.Event[*host]{wantPut(p+"zz", "after", 1, after)}, []storage.Event[*host]{rec.next(t)})
 		})
 	}
@@ -398,16 +133,16 @@ func TestWatchSeesOnlyItsKeyOrPrefix(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			p := fmt.Sprintf("/scope/%d/", i)
 			for _, k := range tt.before {
-				watchPut(t, c, p+k, k)
+				putNamed(t, c, p+k, k)
 			}
 			op := tt.newOp(p)
-			rec := newWatchRecorder()
+			rec := newEventQueue()
 			require.NoError(t, op.Watch(testContext(t), rec.handle))
 			t.Cleanup(op.Close)
 			require.Equal(t, prefixKeys(p, tt.wantInitial), eventKeys(rec.take(t, len(rec.c))), "initial read")
 
 			for _, k := range tt.after {
-				watchPut(t, c, p+k, k)
+				putNamed(t, c, p+k, k)
 			}
 			// Events come in revision order, so once the last wanted key
 			// arrived every key written before it was either delivered or
@@ -423,44 +158,28 @@ func TestWatchEmptyPrefixWatchesEveryKey(t *testing.T) {
 	verifyNoLeaks(t)
 	c := newClient(t)
 	for _, k := range []string{"/a", "b", "/x/y"} {
-		watchPut(t, c, k, k)
+		putNamed(t, c, k, k)
 	}
-	_, rec := watchPrefix(t, c, "")
+	_, rec := startWatch(t, c, "")
 	require.Equal(t, []string{"/a", "/x/y", "b"}, eventKeys(rec.take(t, len(rec.c))), "initial read")
 
-	watchPut(t, c, "c", "c")
-	watchPut(t, c, "/", "root")
-	watchDelete(t, c, "/a")
+	putNamed(t, c, "c", "c")
+	putNamed(t, c, "/", "root")
+	deleteRev(t, c, "/a")
 	require.Equal(t, []string{"c", "/", "/a"}, eventKeys(rec.take(t, 3)))
-}
-
-func prefixKeys(p string, keys []string) []string {
-	out := make([]string, len(keys))
-	for i, k := range keys {
-		out[i] = p + k
-	}
-	return out
-}
-
-func eventKeys(events []storage.Event[*host]) []string {
-	keys := make([]string, len(events))
-	for i, e := range events {
-		keys[i] = e.Key
-	}
-	return keys
 }
 
 func TestWatchTwiceIsAlreadyInProgress(t *testing.T) {
 	verifyNoLeaks(t)
 	c := newClient(t)
-	op, rec := watchPrefix(t, c, "/w")
+	op, rec := startWatch(t, c, "/w")
 
 	err := op.Watch(testContext(t), rec.handle)
 	require.ErrorIs(t, err, storage.ErrWatchAlreadyInProgress)
 	require.ErrorContains(t, err, "/w/")
 
 	// The first run goes on.
-	rev := watchPut(t, c, "/w/a", "a")
+	rev := putNamed(t, c, "/w/a", "a")
 	requireWatchEvents(t, []storage.Event[*host]{wantPut("/w/a", "a", 1, rev)}, []storage.Event[*host]{rec.next(t)})
 }
 
@@ -474,20 +193,20 @@ func TestWatchCloseIsIdempotentAndWatchWorksAgainWithAFreshInitialRead(t *testin
 	op.Close() // before any Watch
 	op.Close()
 
-	watchPut(t, c, "/w/a", "a")
-	rec := newWatchRecorder()
+	putNamed(t, c, "/w/a", "a")
+	rec := newEventQueue()
 	require.NoError(t, op.Watch(ctx, rec.handle))
 	require.Equal(t, []string{"/w/a"}, eventKeys(rec.take(t, 1)))
 
 	op.Close()
 	op.Close()
-	rev := watchPut(t, c, "/w/b", "b")
+	rev := putNamed(t, c, "/w/b", "b")
 	rec.requireQuiet(t) // closed: the put is not delivered
 
-	rec2 := newWatchRecorder()
+	rec2 := newEventQueue()
 	require.NoError(t, op.Watch(ctx, rec2.handle))
 	requireWatchEvents(t, []storage.Event[*host]{wantPut("/w/a", "a", 1, rev), wantPut("/w/b", "b", 1, rev)}, rec2.take(t, 2))
-	rev = watchPut(t, c, "/w/c", "c")
+	rev = putNamed(t, c, "/w/c", "c")
 	requireWatchEvents(t, []storage.Event[*host]{wantPut("/w/c", "c", 1, rev)}, []storage.Event[*host]{rec2.next(t)})
 	require.Empty(t, rec.c, "the closed run's handler was called")
 }
@@ -497,8 +216,8 @@ func TestWatchCloseFromInsideTheHandlerStopsDeliveryWithoutDeadlock(t *testing.T
 	c := newClient(t)
 
 	t.Run("during the initial read", func(t *testing.T) {
-		watchPut(t, c, "/init/a", "a")
-		watchPut(t, c, "/init/b", "b")
+		putNamed(t, c, "/init/a", "a")
+		putNamed(t, c, "/init/b", "b")
 		op := storage.NewWatchPrefixOp[*host](c, "/init")
 		t.Cleanup(op.Close)
 		var keys []string
@@ -512,7 +231,7 @@ func TestWatchCloseFromInsideTheHandlerStopsDeliveryWithoutDeadlock(t *testing.T
 		require.Empty(t, op.Error())
 
 		// Nothing is running: Watch needs no Close.
-		rec := newWatchRecorder()
+		rec := newEventQueue()
 		require.NoError(t, op.Watch(testContext(t), rec.handle))
 		require.Equal(t, []string{"/init/a", "/init/b"}, eventKeys(rec.take(t, 2)))
 	})
@@ -520,7 +239,7 @@ func TestWatchCloseFromInsideTheHandlerStopsDeliveryWithoutDeadlock(t *testing.T
 	t.Run("during the watch", func(t *testing.T) {
 		op := storage.NewWatchPrefixOp[*host](c, "/run")
 		t.Cleanup(op.Close)
-		rec := newWatchRecorder()
+		rec := newEventQueue()
 		closed := make(chan struct{})
 		require.NoError(t, op.Watch(testContext(t), func(e *storage.Event[*host]) error {
 			rec.c <- *e
@@ -532,208 +251,29 @@ func TestWatchCloseFromInsideTheHandlerStopsDeliveryWithoutDeadlock(t *testing.T
 		}))
 
 		// One txn: the events after /run/stop come in the same response.
-		watchTxn(t, c, clientv3.OpPut("/run/stop", watchHostJSON("stop")), clientv3.OpPut("/run/same-txn", watchHostJSON("x")))
-		waitWatchSignal(t, closed, "Close from inside the handler returned")
+		txnRev(t, c, clientv3.OpPut("/run/stop", hostNamedJSON("stop")), clientv3.OpPut("/run/same-txn", hostNamedJSON("x")))
+		waitSignal(t, closed, "Close from inside the handler returned")
 		require.Equal(t, "/run/stop", rec.next(t).Key)
 
-		watchPut(t, c, "/run/later", "later")
+		putNamed(t, c, "/run/later", "later")
 		rec.requireQuiet(t)
 		require.Empty(t, op.Error())
 	})
 }
 
-func TestWatchHandlerErrorStopsTheRunAndIsReportedOnce(t *testing.T) {
-	verifyNoLeaks(t)
-	c := newClient(t)
-	ctx := testContext(t)
-	errBoom := errors.New("boom")
-	op := storage.NewWatchPrefixOp[*host](c, "/w")
-	t.Cleanup(op.Close)
-	rec := newWatchRecorder()
-	require.NoError(t, op.Watch(ctx, func(e *storage.Event[*host]) error {
-		rec.c <- *e
-		if e.Key == "/w/fail" {
-			return errBoom
-		}
-		return nil
-	}))
-
-	watchTxn(t, c, clientv3.OpPut("/w/fail", watchHostJSON("f")), clientv3.OpPut("/w/same-txn", watchHostJSON("x")))
-	require.Equal(t, "/w/fail", rec.next(t).Key)
-	err := recvWatchError(t, op.Error())
-	require.ErrorIs(t, err, errBoom)
-	require.ErrorContains(t, err, "watch prefix /w/")
-
-	watchPut(t, c, "/w/after", "after")
-	rec.requireQuiet(t) // the handler is not called again
-	require.Empty(t, op.Error(), "a second error")
-
-	require.ErrorIs(t, op.Watch(ctx, rec.handle), storage.ErrWatchAlreadyInProgress, "a stopped run is in progress until Close")
-	op.Close()
-	require.NoError(t, op.Watch(ctx, rec.handle))
-	require.Equal(t, []string{"/w/after", "/w/fail", "/w/same-txn"}, eventKeys(rec.take(t, 3)))
-}
-
-func TestWatchHandlerErrorDuringTheInitialReadIsReturnedAndNothingRuns(t *testing.T) {
-	verifyNoLeaks(t)
-	c := newClient(t)
-	ctx := testContext(t)
-	watchPut(t, c, "/w/a", "a")
-	watchPut(t, c, "/w/b", "b")
-	errBoom := errors.New("boom")
-	op := storage.NewWatchPrefixOp[*host](c, "/w")
-	t.Cleanup(op.Close)
-
-	calls := 0
-	err := op.Watch(ctx, func(*storage.Event[*host]) error { calls++; return errBoom })
-	require.ErrorIs(t, err, errBoom)
-	require.ErrorContains(t, err, "watch prefix /w/")
-	require.Equal(t, 1, calls, "handle called after it failed")
-	require.Empty(t, op.Error(), "the returned error was also sent on Error()")
-
-	rec := newWatchRecorder()
-	require.NoError(t, op.Watch(ctx, rec.handle), "Watch after a failed Watch, without Close")
-	require.Equal(t, []string{"/w/a", "/w/b"}, eventKeys(rec.take(t, 2)))
-}
-
-func TestWatchContextCancelStopsTheRunWithCanceled(t *testing.T) {
-	verifyNoLeaks(t)
-	c := newClient(t)
-	op := storage.NewWatchPrefixOp[*host](c, "/w")
-	t.Cleanup(op.Close)
-	rec := newWatchRecorder()
-	ctx, cancel := context.WithCancel(testContext(t))
-	require.NoError(t, op.Watch(ctx, rec.handle))
-
-	cancel()
-	err := recvWatchError(t, op.Error())
-	require.ErrorIs(t, err, context.Canceled)
-	require.ErrorContains(t, err, "watch prefix /w/")
-
-	watchPut(t, c, "/w/a", "a")
-	rec.requireQuiet(t)
-	require.Empty(t, op.Error(), "a second error")
-	require.ErrorIs(t, op.Watch(testContext(t), rec.handle), storage.ErrWatchAlreadyInProgress)
-}
-
-func TestWatchCloseDropsAnUnreadError(t *testing.T) {
-	verifyNoLeaks(t)
-	c := newClient(t)
-	op := storage.NewWatchPrefixOp[*host](c, "/w")
-	t.Cleanup(op.Close)
-	require.NoError(t, op.Watch(testContext(t), func(*storage.Event[*host]) error { return errors.New("boom") }))
-
-	watchPut(t, c, "/w/a", "a")
-	require.Eventually(t, func() bool { return len(op.Error()) == 1 }, watchWait, 5*time.Millisecond)
-	op.Close()
-	require.Empty(t, op.Error())
-}
-
-func TestWatchPropagateErrorsForwardsUntilItsContextEnds(t *testing.T) {
-	verifyNoLeaks(t)
-	c := newClient(t)
-	ctx := testContext(t)
-	errBoom := errors.New("boom")
-	failing := func(e *storage.Event[*host]) error {
-		if e.Key == "/w/fail" {
-			return errBoom
-		}
-		return nil
-	}
-	op := storage.NewWatchPrefixOp[*host](c, "/w")
-	t.Cleanup(op.Close)
-	require.NoError(t, op.Watch(ctx, failing))
-
-	beforePropagate := goleak.IgnoreCurrent()
-	forwarded := make(chan error, 1)
-	pctx, pcancel := context.WithCancel(ctx)
-	op.PropagateErrors(pctx, forwarded)
-
-	watchPut(t, c, "/w/fail", "f")
-	require.ErrorIs(t, recvWatchError(t, forwarded), errBoom)
-
-	pcancel()
-	// Its goroutine is the only one started since; it must end with pctx.
-	require.NoError(t, goleak.Find(beforePropagate), "PropagateErrors outlived its context")
-
-	op.Close()
-	watchDelete(t, c, "/w/fail")
-	require.NoError(t, op.Watch(ctx, failing))
-	watchPut(t, c, "/w/fail", "f")
-	require.ErrorIs(t, recvWatchError(t, op.Error()), errBoom, "the error of a later run stays on Error()")
-	require.Empty(t, forwarded)
-}
-
-func TestWatchInvalidOptionsAreAnErrorNamingTheWatch(t *testing.T) {
-	verifyNoLeaks(t)
-	c := newClient(t)
-
-	options := []struct {
-		name string
-		opt  clientv3.OpOption
-	}{
-		{"WithRev", clientv3.WithRev(5)},
-		{"WithPrefix", clientv3.WithPrefix()},
-		{"WithFromKey", clientv3.WithFromKey()},
-		{"WithRange", clientv3.WithRange("/z")},
-		{"WithLimit", clientv3.WithLimit(1)},
-		{"WithSerializable", clientv3.WithSerializable()},
-		{"WithLease", clientv3.WithLease(1)},
-		{"WithSort", clientv3.WithSort(clientv3.SortByKey, clientv3.SortDescend)},
-		{"WithCountOnly", clientv3.WithCountOnly()},
-		{"WithKeysOnly", clientv3.WithKeysOnly()},
-		{"WithMinModRev", clientv3.WithMinModRev(1)},
-	}
-	ops := []struct {
-		kind  string
-		newOp func(opt clientv3.OpOption) storage.WatchOp[*host]
-		what  string
-	}{{
-		kind: "key",
-		newOp: func(opt clientv3.OpOption) storage.WatchOp[*host] {
-			return storage.NewWatchOp[*host](c, "/w/k", opt)
-		},
-		what: "watch /w/k",
-	}, {
-		kind: "prefix",
-		newOp: func(opt clientv3.OpOption) storage.WatchOp[*host] {
-			return storage.NewWatchPrefixOp[*host](c, "/w", opt)
-		},
-		what: "watch prefix /w/",
-	}}
-	watchPut(t, c, "/w/k", "k")
-	for _, o := range options {
-		for _, k := range ops {
-			t.Run(o.name+" on a "+k.kind+" watch", func(t *testing.T) {
-				op := k.newOp(o.opt)
-				t.Cleanup(op.Close)
-				called := false
-				var err error
-				require.NotPanics(t, func() {
-					err = op.Watch(testContext(t), func(*storage.Event[*host]) error { called = true; return nil })
-				})
-				require.Error(t, err)
-				require.ErrorContains(t, err, k.what)
-				require.False(t, called, "handle called despite an invalid option")
-				require.Empty(t, op.Error())
-			})
-		}
-	}
-}
-
 func TestWatchFilterPutDropsLivePutsButNotTheInitialRead(t *testing.T) {
 	verifyNoLeaks(t)
 	c := newClient(t)
-	watchPut(t, c, "/w/a", "a")
+	putNamed(t, c, "/w/a", "a")
 
 	op := storage.NewWatchPrefixOp[*host](c, "/w", clientv3.WithFilterPut())
 	t.Cleanup(op.Close)
-	rec := newWatchRecorder()
+	rec := newEventQueue()
 	require.NoError(t, op.Watch(testContext(t), rec.handle))
 	require.Equal(t, []string{"/w/a"}, eventKeys(rec.take(t, 1)), "the initial read is not filtered")
 
-	watchPut(t, c, "/w/b", "b")
-	rev := watchDelete(t, c, "/w/a")
+	putNamed(t, c, "/w/b", "b")
+	rev := deleteRev(t, c, "/w/a")
 	requireWatchEvents(t, []storage.Event[*host]{wantDelete("/w/a", rev)}, []storage.Event[*host]{rec.next(t)})
 }
 
@@ -750,13 +290,13 @@ func TestWatchFiltersHoldForTheEventsOfAReRead(t *testing.T) {
 	}{{
 		name:     "WithFilterDelete synthesises no delete",
 		filter:   clientv3.WithFilterDelete(),
-		sentinel: func(t *testing.T) { watchPut(t, c, p+"s", "s") },
+		sentinel: func(t *testing.T) { putNamed(t, c, p+"s", "s") },
 		want:     []string{"put /f/k2", "put /f/k3", "put /f/s"},
 	}, {
 		name:   "WithFilterPut synthesises no put",
 		filter: clientv3.WithFilterPut(),
 		// k0 is known to the watch: its delete arrives live or from the re-read.
-		sentinel: func(t *testing.T) { watchDelete(t, c, p+"k0") },
+		sentinel: func(t *testing.T) { deleteRev(t, c, p+"k0") },
 		want:     []string{"delete /f/k0", "delete /f/k1"},
 	}}
 	for _, tc := range cases {
@@ -765,9 +305,9 @@ func TestWatchFiltersHoldForTheEventsOfAReRead(t *testing.T) {
 			_, err := c.Delete(ctx, p, clientv3.WithPrefix())
 			require.NoError(t, err)
 			for _, k := range []string{"k0", "k1", "k2"} {
-				watchPut(t, c, p+k, k)
+				putNamed(t, c, p+k, k)
 			}
-			rec := newWatchRecorder()
+			rec := newEventQueue()
 			blocked, release := make(chan struct{}), make(chan struct{})
 			var blockOnce, releaseOnce sync.Once
 			unblock := func() { releaseOnce.Do(func() { close(release) }) }
@@ -784,18 +324,18 @@ func TestWatchFiltersHoldForTheEventsOfAReRead(t *testing.T) {
 					return nil
 				})
 			}()
-			waitWatchSignal(t, blocked, "initial read reached its last item")
+			waitSignal(t, blocked, "initial read reached its last item")
 
 			t.Log("phase 1: while the initial read is delivered, delete k1, change k2, create k3; compact past the read")
-			watchDelete(t, c, p+"k1")
-			watchPut(t, c, p+"k2", "k2'")
-			last := watchPut(t, c, p+"k3", "k3")
+			deleteRev(t, c, p+"k1")
+			putNamed(t, c, p+"k2", "k2'")
+			last := putNamed(t, c, p+"k3", "k3")
 			_, err = c.Compact(ctx, last, clientv3.WithCompactPhysical())
 			require.NoError(t, err)
 
 			t.Log("phase 2: release the handler; the watch must re-read, filtering what it synthesises")
 			unblock()
-			require.NoError(t, recvWatchError(t, watchErr), "Watch")
+			require.NoError(t, recvValue(t, watchErr), "Watch")
 			require.Equal(t, []string{p + "k0", p + "k1", p + "k2"}, eventKeys(rec.take(t, 3)), "the initial read is not filtered")
 			tc.sentinel(t)
 			got := rec.take(t, len(tc.want))
@@ -811,163 +351,17 @@ func TestWatchFiltersHoldForTheEventsOfAReRead(t *testing.T) {
 	}
 }
 
-func TestWatchOnAClosedClientReportsOneErrorAndStops(t *testing.T) {
-	verifyNoLeaks(t)
-	s, err := storagetest.Start()
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, s.Close()) })
-	wc, err := s.NewClient(clientv3.Config{DialTimeout: 5 * time.Second})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = wc.Close() }) // on failure; a second Close is harmless
-
-	op := storage.NewWatchPrefixOp[*host](wc, "/w")
-	t.Cleanup(op.Close)
-	rec := newWatchRecorder()
-	require.NoError(t, op.Watch(testContext(t), rec.handle))
-	watchPut(t, s.Client(), "/w/a", "a")
-	require.Equal(t, "/w/a", rec.next(t).Key, "the watch runs")
-
-	_ = wc.Close() // reports context.Canceled: its own context ends
-	err = recvWatchError(t, op.Error())
-	require.ErrorIs(t, err, context.Canceled)
-	require.ErrorContains(t, err, "client closed")
-	require.ErrorContains(t, err, "watch prefix /w/")
-
-	select {
-	case err := <-op.Error():
-		t.Fatalf("a second error: %v", err)
-	case <-time.After(500 * time.Millisecond):
-	}
-	require.Empty(t, rec.c)
-	// A closed client returns closed watch channels at once: a loop that
-	// retried would count a resume per spin.
-	require.Less(t, storage.WatchRecovery(op).Resumes, int64(3))
-	op.Close()
-}
-
-func TestWatchRelistsWhenItsStartRevisionWasCompacted(t *testing.T) {
-	verifyNoLeaks(t)
-	c := newClient(t)
-	ctx := testContext(t)
-	const p = "/w/"
-
-	watchPut(t, c, p+"k0", "zero") // unchanged throughout
-	watchPut(t, c, p+"k1", "one")
-	watchPut(t, c, p+"k2", "two")
-	readRev := watchPut(t, c, p+"k3", "three")
-
-	// The handler blocks on the last item of the initial read, so the watch
-	// cannot start before the test has compacted past the read revision.
-	rec := newWatchRecorder()
-	blocked, release := make(chan struct{}), make(chan struct{})
-	var blockOnce, releaseOnce sync.Once
-	unblock := func() { releaseOnce.Do(func() { close(release) }) }
-	handle := func(e *storage.Event[*host]) error {
-		rec.c <- *e
-		if e.Key == p+"k3" {
-			blockOnce.Do(func() {
-				close(blocked)
-				<-release
-			})
-		}
-		return nil
-	}
-	op := storage.NewWatchPrefixOp[*host](c, p)
-	t.Cleanup(op.Close)
-	t.Cleanup(unblock) // runs before Close, should the test fail while blocked
-	watchErr := make(chan error, 1)
-	go func() { watchErr <- op.Watch(ctx, handle) }()
-
-	waitWatchSignal(t, blocked, "initial read reached its last item")
-	t.Log("phase 1: change the prefix while the initial read is delivered, compact past the read revision")
-	watchPut(t, c, p+"k1", "one'")
-	watchDelete(t, c, p+"k2")
-	watchDelete(t, c, p+"k3")
-	watchPut(t, c, p+"k3", "three'")
-	lastRev := watchPut(t, c, p+"k4", "four")
-	_, err := c.Compact(ctx, lastRev, clientv3.WithCompactPhysical())
-	require.NoError(t, err)
-
-	t.Log("phase 2: release the handler; the watch from the read revision + 1 must relist")
-	unblock()
-	require.NoError(t, recvWatchError(t, watchErr), "Watch")
-	initial := rec.take(t, 4)
-	requireWatchEvents(t, []storage.Event[*host]{
-		wantPut(p+"k0", "zero", 1, readRev), wantPut(p+"k1", "one", 1, readRev),
-		wantPut(p+"k2", "two", 1, readRev), wantPut(p+"k3", "three", 1, readRev),
-	}, initial)
-
-	watchPut(t, c, p+"k9", "sentinel")
-	later := rec.until(t, p+"k9")
-	require.GreaterOrEqual(t, storage.WatchRecovery(op).Relists, int64(1))
-
-	// The relist delivers what changed, each key once, at the re-read's
-	// revision; k0 did not change and is not delivered again. The sentinel
-	// comes from the re-read or from the watch after it.
-	relisted := later[:len(later)-1]
-	require.NotEmpty(t, relisted)
-	relistRev := relisted[0].Revision
-	require.GreaterOrEqual(t, relistRev, lastRev)
-	slices.SortStableFunc(relisted, func(a, b storage.Event[*host]) int { return strings.Compare(a.Key, b.Key) })
-	requireWatchEvents(t, []storage.Event[*host]{
-		wantPut(p+"k1", "one'", 2, relistRev),
-		wantDelete(p+"k2", relistRev),
-		wantPut(p+"k3", "three'", 1, relistRev), // re-created: a create again
-		wantPut(p+"k4", "four", 1, relistRev),
-	}, relisted)
-
-	requireReplayEqualsEtcd(t, c, p, append(initial, later...))
-}
-
-// replayState is what a replay of events knows of a key.
-type replayState struct {
-	Name    string
-	Version int64
-}
-
-// requireReplayEqualsEtcd applies events in order to an empty map and
-// requires the result to equal a fresh read of the prefix.
-func requireReplayEqualsEtcd(t *testing.T, c *clientv3.Client, prefix string, events []storage.Event[*host]) {
-	t.Helper()
-	replay := map[string]replayState{}
-	for _, e := range events {
-		switch e.Type {
-		case storage.EventTypePut:
-			replay[e.Key] = replayState{e.Value.Name, e.Value.Version()}
-		case storage.EventTypeDelete:
-			delete(replay, e.Key)
-		default:
-			t.Fatalf("unexpected event %+v", e)
-		}
-	}
-	require.Equal(t, readReplayState(t, c, prefix), replay)
-}
-
-// readReplayState reads prefix straight from etcd.
-func readReplayState(t *testing.T, c *clientv3.Client, prefix string) map[string]replayState {
-	t.Helper()
-	resp, err := c.Get(testContext(t), prefix, clientv3.WithPrefix())
-	require.NoError(t, err)
-	out := make(map[string]replayState, len(resp.Kvs))
-	for _, kv := range resp.Kvs {
-		var h host
-		require.NoError(t, json.Unmarshal(kv.Value, &h), "key %s", kv.Key)
-		out[string(kv.Key)] = replayState{h.Name, kv.Version}
-	}
-	return out
-}
-
 func TestWatchProgressNotificationsMoveAnIdleWatch(t *testing.T) {
 	verifyNoLeaks(t)
 	c := newClient(t, storagetest.WithServerConfig(func(cfg *embed.Config) {
 		cfg.WatchProgressNotifyInterval = 100 * time.Millisecond
 	}))
-	op, rec := watchPrefix(t, c, "/w")
+	op, rec := startWatch(t, c, "/w")
 	require.Zero(t, storage.WatchRecovery(op).Progress)
 
 	// Writes elsewhere move the store's revision past the watch's.
-	watchPut(t, c, "/other/a", "a")
-	require.Eventually(t, func() bool { return storage.WatchRecovery(op).Progress >= 1 }, watchWait, 10*time.Millisecond)
+	putNamed(t, c, "/other/a", "a")
+	require.Eventually(t, func() bool { return storage.WatchRecovery(op).Progress >= 1 }, waitTimeout, 10*time.Millisecond)
 	require.Empty(t, rec.c, "events for keys outside the prefix")
 }
 
@@ -979,9 +373,9 @@ func TestWatchReplayOfManyWritesEqualsAFreshRead(t *testing.T) {
 	key := func() string { return fmt.Sprintf("%sk%02d", p, rng.IntN(16)) }
 
 	for i := range 5 {
-		watchPut(t, c, fmt.Sprintf("%sk%02d", p, i), "initial")
+		putNamed(t, c, fmt.Sprintf("%sk%02d", p, i), "initial")
 	}
-	op, rec := watchPrefix(t, c, p)
+	op, rec := startWatch(t, c, p)
 	initial := rec.take(t, len(rec.c))
 	require.Len(t, initial, 5)
 
@@ -989,9 +383,9 @@ func TestWatchReplayOfManyWritesEqualsAFreshRead(t *testing.T) {
 		name := fmt.Sprint(i)
 		switch r := rng.IntN(10); {
 		case r < 5:
-			watchPut(t, c, key(), name)
+			putNamed(t, c, key(), name)
 		case r < 7:
-			watchDelete(t, c, key())
+			deleteRev(t, c, key())
 		default:
 			var txnOps []clientv3.Op
 			seen := map[string]bool{}
@@ -1004,13 +398,13 @@ func TestWatchReplayOfManyWritesEqualsAFreshRead(t *testing.T) {
 				if rng.IntN(3) == 0 {
 					txnOps = append(txnOps, clientv3.OpDelete(k))
 				} else {
-					txnOps = append(txnOps, clientv3.OpPut(k, watchHostJSON(name)))
+					txnOps = append(txnOps, clientv3.OpPut(k, hostNamedJSON(name)))
 				}
 			}
-			watchTxn(t, c, txnOps...)
+			txnRev(t, c, txnOps...)
 		}
 	}
-	watchPut(t, c, p+"sentinel", "last")
+	putNamed(t, c, p+"sentinel", "last")
 	events := rec.until(t, p+"sentinel")
 
 	// Each change exactly once, in revision order: with no compaction every
@@ -1042,188 +436,282 @@ func TestWatchReplayOfManyWritesEqualsAFreshRead(t *testing.T) {
 	require.Zero(t, storage.WatchRecovery(op).Resumes+storage.WatchRecovery(op).Relists, "a healthy watch needed recovery")
 }
 
-// watchRecordJSON is the stored form of a record named name.
-func watchRecordJSON(name string) string { return fmt.Sprintf(`{"name":%q,"count":0}`, name) }
-
-func TestWatchHandlerFallingBehindGetsEachChangeOnce(t *testing.T) {
+func TestEdgeUndecodableValueMidStreamIsAnErrorEventAndTheWatchGoesOn(t *testing.T) {
 	verifyNoLeaks(t)
-	c := newClient(t)
-
-	tests := []struct {
-		name    string
-		compact bool // compact past every change while the stream is cancelled
+	client := newClient(t)
+	ctx := testContext(t)
+	for i, tc := range []struct {
+		name string
+		bad  []byte
 	}{
-		{name: "resuming from the last delivered revision", compact: false},
-		{name: "relisting when etcd compacted meanwhile", compact: true},
-	}
-	for i, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			p := fmt.Sprintf("/lag/%d/", i)
-			op := watchFallingBehind(t, c, p, tt.compact)
-			rec := storage.WatchRecovery(op)
-			if tt.compact {
-				require.GreaterOrEqual(t, rec.Relists, int64(1), "recovery: %+v", rec)
-			} else {
-				require.GreaterOrEqual(t, rec.Resumes, int64(1), "recovery: %+v", rec)
-				require.Zero(t, rec.Relists, "recovery: %+v", rec)
+		{"not JSON", []byte("not json {")},
+		{"JSON null", []byte("null")},
+		{"JSON of another shape", []byte(`{"port":"eighty"}`)},
+		{"gzip magic, broken stream", []byte{0x1f, 0x8b, 0x08, 0x00, 0x01, 0x02, 0x03}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			prefix := fmt.Sprintf("/edge/bad/%d/", i)
+			key := prefix + "k"
+			named := fmt.Sprintf("failed to decode %q", key)
+			keyOf := func(h *host) string { return prefix + h.Name }
+			good1 := storage.NewPutOp(client, key, &host{Name: "k", Port: 1})
+			require.NoError(t, good1.Exec(ctx))
+
+			var rec recorder[*host]
+			op := storage.NewWatchPrefixOp[*host](client, prefix)
+			require.NoError(t, op.Watch(ctx, rec.handle))
+			defer op.Close()
+			cache := storage.NewCache(client, prefix, keyOf)
+			require.NoError(t, cache.Start(ctx))
+			defer cache.Stop()
+			// steps checks that the cache's answers only move forward: once
+			// it answered a step, it never answers an earlier one (never the
+			// value from before the bad bytes, for one).
+			steps := &stepReader{cache: cache, key: key}
+			require.Equal(t, 0, steps.await(t, 0), "the cache does not serve the first value")
+
+			t.Log("phase 1: raw bytes that cannot be decoded")
+			resp, err := client.Put(ctx, key, string(tc.bad))
+			require.NoError(t, err)
+			revBad := resp.Header.Revision
+			steps.await(t, 1)
+			_, err = cache.Get(key).Exec(ctx)
+			require.ErrorContains(t, err, named)
+			require.NotErrorIs(t, err, storage.ErrNotFound)
+			_, etcdErr := storage.NewGetOp[*host](client, key).Exec(ctx)
+			require.ErrorContains(t, etcdErr, named, "an etcd read says otherwise")
+			_, err = cache.GetPrefix("").Exec(ctx)
+			require.ErrorContains(t, err, named, "GetPrefix over the key")
+			_, etcdErr = storage.NewGetPrefixOp[*host](client, prefix).Exec(ctx)
+			require.ErrorContains(t, etcdErr, named, "an etcd prefix read says otherwise")
+
+			// A watch and a cache started now meet the bytes in their first read.
+			var late recorder[*host]
+			lateOp := storage.NewWatchPrefixOp[*host](client, prefix)
+			require.NoError(t, lateOp.Watch(ctx, late.handle), "the initial read stopped at the bad bytes")
+			defer lateOp.Close()
+			lateCache := storage.NewCache(client, prefix, keyOf)
+			require.NoError(t, lateCache.Start(ctx))
+			defer lateCache.Stop()
+			_, err = lateCache.Get(key).Exec(ctx)
+			require.ErrorContains(t, err, named)
+
+			t.Log("phase 2: a good value")
+			good2 := storage.NewPutOp(client, key, &host{Name: "k", Port: 2})
+			require.NoError(t, good2.Exec(ctx))
+			steps.await(t, 2)
+			got, err := cache.Get(key).Exec(ctx)
+			require.NoError(t, err)
+			assert.Equal(t, hostWithVersion("k", 2, 3), got)
+
+			t.Log("phase 3: a delete")
+			del := storage.NewDeleteKeyOp(client, key)
+			_, err = del.Exec(ctx)
+			require.NoError(t, err)
+			steps.await(t, 3)
+			_, err = cache.Get(key).Exec(ctx)
+			require.ErrorIs(t, err, storage.ErrNotFound)
+			require.ErrorContains(t, err, key)
+			all, err := cache.GetPrefix("").Exec(ctx)
+			require.NoError(t, err)
+			require.Empty(t, all)
+
+			t.Log("phase 4: the watches saw each step once and go on")
+			require.Eventually(t, func() bool { return rec.lastRev() >= del.Revision() }, waitTimeout, 10*time.Millisecond, "the watch missed the delete")
+			require.Eventually(t, func() bool { return late.lastRev() >= del.Revision() }, waitTimeout, 10*time.Millisecond, "the late watch missed the delete")
+			for _, r := range []*recorder[*host]{&rec, &late} {
+				events := r.snapshot()
+				first := 1
+				if r == &late {
+					first = 0 // its first read saw the bad bytes
+				} else {
+					require.Equal(t, storage.EventTypePut, events[0].Type)
+					require.Equal(t, 1, events[0].Value.Port)
+				}
+				require.Len(t, events, first+3, "events: %v", events)
+				bad := events[first]
+				require.Equal(t, storage.EventTypeError, bad.Type)
+				require.Equal(t, key, bad.Key)
+				require.ErrorContains(t, bad.Err, named)
+				if r == &rec {
+					require.Equal(t, revBad, bad.Revision)
+				}
+				require.Equal(t, storage.EventTypePut, events[first+1].Type)
+				require.Equal(t, hostWithVersion("k", 2, 3), events[first+1].Value)
+				require.Equal(t, good2.Revision(), events[first+1].Revision)
+				require.Equal(t, storage.EventTypeDelete, events[first+2].Type)
+				require.Equal(t, key, events[first+2].Key)
+				require.Equal(t, del.Revision(), events[first+2].Revision)
 			}
+			requireNotStopped(t, "the watch", op.Error())
+			requireNotStopped(t, "the late watch", lateOp.Error())
+			requireNotStopped(t, "the cache", cache.Error())
+			requireNotStopped(t, "the late cache", lateCache.Error())
 		})
 	}
 }
 
-// watchFallingBehind runs a prefix watch whose handler blocks on its first
-// live event. With a backlog bound of 2 the watch cancels its stream while
-// the handler is stuck, and resumes from the last delivered revision once it
-// returns (re-reading if compact made that revision history). It checks that
-// every change arrived once, in order, and that the events replay to etcd's
-// contents, and returns the op for its counters.
-func watchFallingBehind(t *testing.T, c *clientv3.Client, p string, compact bool) storage.WatchOp[*record] {
+// stepReader reads one key of a cache and classifies the answer: 0 the
+// first value (port 1), 1 a decode error, 2 the second value (port 2), 3 not
+// found. Answers must never go back to an earlier step.
+type stepReader struct {
+	cache storage.Cache[*host]
+	key   string
+	seen  int
+}
+
+func (s *stepReader) step(t *testing.T) int {
 	t.Helper()
-	ctx := testContext(t)
-	for _, k := range []string{"k1", "k2", "k3"} {
-		put(t, c, p+k, watchRecordJSON(k))
+	v, err := s.cache.Get(s.key).Exec(context.Background())
+	step := -1
+	switch {
+	case errors.Is(err, storage.ErrNotFound):
+		step = 3
+	case err != nil && strings.Contains(err.Error(), "failed to decode"):
+		step = 1
+	case err != nil:
+		t.Fatalf("cache get %s: %v", s.key, err)
+	case v.Port == 1:
+		step = 0
+	case v.Port == 2:
+		step = 2
 	}
+	require.GreaterOrEqualf(t, step, s.seen, "the cache went back from step %d to %d (%v, %v)", s.seen, step, v, err)
+	s.seen = step
+	return step
+}
 
-	events := make(chan storage.Event[*record], 4096)
-	blocked, release := make(chan struct{}), make(chan struct{})
-	var blockOnce, releaseOnce sync.Once
-	unblock := func() { releaseOnce.Do(func() { close(release) }) }
-	op := storage.NewWatchPrefixOp[*record](c, p)
-	storage.SetMaxPending(op, 2)
-	t.Cleanup(op.Close)
-	t.Cleanup(unblock) // runs before Close, should the test fail while blocked
-	require.NoError(t, op.Watch(ctx, func(e *storage.Event[*record]) error {
-		events <- *e
-		if e.Key == p+"block" {
-			blockOnce.Do(func() {
-				close(blocked)
-				<-release
-			})
+// await polls until the cache answers step want, checking every answer on
+// the way, and then a few more.
+func (s *stepReader) await(t *testing.T, want int) int {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for s.step(t) < want {
+		require.Truef(t, time.Now().Before(deadline), "the cache never reached step %d", want)
+		time.Sleep(time.Millisecond) // polling interval
+	}
+	for range 20 {
+		s.step(t)
+	}
+	return s.seen
+}
+
+// rawReadLoop is readLoop with the raw client: bytes only, no
+// decoding.
+func rawReadLoop(ctx context.Context, client *clientv3.Client, prefix string, reads *atomic.Int64) error {
+	for ctx.Err() == nil {
+		if _, err := client.Get(ctx, prefix, clientv3.WithPrefix()); err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			return err
 		}
-		return nil
-	}))
-	require.Len(t, events, 3, "initial read")
+		reads.Add(1)
+	}
+	return nil
+}
 
-	put(t, c, p+"block", watchRecordJSON("block"))
-	waitWatchSignal(t, blocked, "the handler got the first live event")
-	t.Log("phase 1: the handler is stuck; queue more events than the backlog bound")
-	watchDelete(t, c, p+"k1")
-	put(t, c, p+"a", watchRecordJSON("a1"))
-	put(t, c, p+"k2", watchRecordJSON("two'"))
-	put(t, c, p+"b", watchRecordJSON("b1"))
-	require.Eventually(t, func() bool { return storage.WatchRecovery(op).Backlogs >= 1 }, watchWait, 5*time.Millisecond)
+// arrivalLog records when each port arrived at one watch.
+type arrivalLog struct {
+	mu sync.Mutex // protects at
+	at map[int]time.Time
+}
 
-	t.Log("phase 2: change the prefix while the stream is cancelled")
-	watchDelete(t, c, p+"k2")
-	watchDelete(t, c, p+"k3")
-	put(t, c, p+"k3", watchRecordJSON("three'"))
-	put(t, c, p+"a", watchRecordJSON("a2"))
-	last := put(t, c, p+"c", watchRecordJSON("c1"))
-	if compact {
-		_, err := c.Compact(ctx, last, clientv3.WithCompactPhysical())
+func (a *arrivalLog) handle(e *storage.Event[*host]) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if e.Type == storage.EventTypePut {
+		if _, dup := a.at[e.Value.Port]; dup {
+			return fmt.Errorf("port %d delivered twice", e.Value.Port)
+		}
+		a.at[e.Value.Port] = time.Now()
+	}
+	return nil
+}
+
+func (a *arrivalLog) count() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.at)
+}
+
+func TestEdgeManyWatchesOnOneClientWithHeavyReadsGetEveryEvent(t *testing.T) {
+	verifyNoLeaks(t)
+	srv := newServer(t)
+	client, writer := srv.Client(), newServerClient(t, srv)
+	ctx := testContext(t)
+	const blobs, watched = "/edge/heavy/blobs/", "/edge/heavy/watched/"
+	const writes = 100
+	watches := scaled(t, "EDGE_HEAVY_WATCHES", 100)
+	loadBlobs(ctx, t, writer, blobs, 200, 16<<10)
+
+	t.Logf("phase 1: %d watches and a cache on one client", watches)
+	ops := make([]storage.WatchOp[*host], watches)
+	arrivals := make([]*arrivalLog, watches)
+	for i := range watches {
+		arrivals[i] = &arrivalLog{at: map[int]time.Time{}}
+		ops[i] = storage.NewWatchPrefixOp[*host](client, watched)
+		t.Cleanup(ops[i].Close)
+		require.NoError(t, ops[i].Watch(ctx, arrivals[i].handle))
+	}
+	cache := storage.NewCache(client, watched, func(h *host) string { return watched + h.Name })
+	require.NoError(t, cache.Start(ctx))
+	defer cache.Stop()
+
+	t.Log("phase 2: two goroutines loop 3 MiB prefix reads on the same client (one decoding, one raw) while another client writes")
+	rctx, stopReads := context.WithCancel(ctx)
+	var decodedReads, rawReads atomic.Int64
+	decodedDone, rawDone := make(chan error, 1), make(chan error, 1)
+	go func() { decodedDone <- readLoop(rctx, client, blobs, &decodedReads) }()
+	go func() { rawDone <- rawReadLoop(rctx, client, blobs, &rawReads) }()
+	defer stopReads()
+	// The writes start once both loops are under way, however long a 3 MiB
+	// read takes on this machine: the loops then run through every write.
+	require.Eventually(t, func() bool { return decodedReads.Load() >= 1 && rawReads.Load() >= 1 }, 60*time.Second, 10*time.Millisecond,
+		"the read loops never completed a read (%v decoded, %v raw)", lazy(func() any { return decodedReads.Load() }),
+		lazy(func() any { return rawReads.Load() }))
+	sent := make([]time.Time, writes)
+	tick := time.NewTicker(20 * time.Millisecond)
+	for i := range writes {
+		<-tick.C // the writer's pace
+		sent[i] = time.Now()
+		_, err := putAcked(ctx, writer, fmt.Sprintf("%s%02d", watched, i), i)
 		require.NoError(t, err)
 	}
+	tick.Stop()
 
-	t.Log("phase 3: release the handler; every change must arrive once")
-	unblock()
-	put(t, c, p+"sentinel", watchRecordJSON("last"))
-	replay := map[string]replayState{}
-	modRevs := map[string]int64{} // last delivered mod revision per key
-	var lastRev int64
-	timer := time.NewTimer(watchWait)
-	defer timer.Stop()
-	for i := 0; ; i++ {
-		var e storage.Event[*record]
-		select {
-		case e = <-events:
-		case <-timer.C:
-			t.Fatalf("no sentinel within %v; replay %v", watchWait, replay)
-		}
-		require.GreaterOrEqual(t, e.Revision, lastRev, "event %d out of revision order: %+v", i, e)
-		lastRev = e.Revision
-		switch e.Type {
-		case storage.EventTypePut:
-			// A key's mod revision only grows: a change delivered again (a
-			// resume from too early, a re-read repeating an unchanged key)
-			// would repeat one.
-			require.Greater(t, e.Value.ModRevision(), modRevs[e.Key], "event %d: %s delivered twice", i, e.Key)
-			require.GreaterOrEqual(t, e.Revision, e.Value.ModRevision(), "event %d", i)
-			require.Equal(t, e.Value.Version() == 1, e.IsCreate, "event %d: IsCreate", i)
-			require.Equal(t, e.Value.Version() > 1, e.IsModify, "event %d: IsModify", i)
-			if !compact {
-				// Nothing was compacted: no version may be skipped.
-				require.Equal(t, replay[e.Key].Version+1, e.Value.Version(), "event %d: %s", i, e.Key)
+	// Delivery must not starve behind the reads: every event arrives, once
+	// (the handler fails on a duplicate). How fast depends on the machine,
+	// so the latencies are logged, and the wait is generous.
+	t.Log("phase 3: every event reaches every watch and the cache")
+	require.Eventually(t, func() bool {
+		for _, a := range arrivals {
+			if a.count() < writes {
+				return false
 			}
-			modRevs[e.Key] = e.Value.ModRevision()
-			replay[e.Key] = replayState{e.Value.Name, e.Value.Version()}
-		case storage.EventTypeDelete:
-			require.Contains(t, replay, e.Key, "event %d: delete of a key already deleted", i)
-			delete(replay, e.Key)
-		default:
-			t.Fatalf("event %d: %+v", i, e)
 		}
-		if e.Key == p+"sentinel" {
-			break
+		return true
+	}, 60*time.Second, 10*time.Millisecond, "some watch misses events")
+	require.Eventually(t, func() bool {
+		got, err := cache.GetPrefix("").Exec(ctx)
+		return err == nil && len(got) == writes
+	}, 60*time.Second, 10*time.Millisecond, "the cache misses events")
+	stopReads()
+	require.NoError(t, <-decodedDone)
+	require.NoError(t, <-rawDone)
+	var lat []time.Duration
+	for _, a := range arrivals {
+		a.mu.Lock()
+		for port, at := range a.at {
+			lat = append(lat, at.Sub(sent[port]))
 		}
+		a.mu.Unlock()
 	}
-	require.Equal(t, readReplayState(t, c, p), replay)
-	return op
-}
-
-func TestWatchStopsOnAValueLargerThanTheReceiveLimit(t *testing.T) {
-	verifyNoLeaks(t)
-	const recvLimit = 128 << 10
-	s, err := storagetest.Start()
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, s.Close()) })
-	wc, err := s.NewClient(clientv3.Config{DialTimeout: 5 * time.Second, MaxCallRecvMsgSize: recvLimit})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = wc.Close() }) // on failure; a second Close is harmless
-	c, ctx := s.Client(), testContext(t)
-	const p = "/w/"
-	watchPut(t, c, p+"a", "a")
-
-	// As in TestWatchRelistsWhenItsStartRevisionWasCompacted: the handler
-	// holds the initial read while a value too large for the watch client
-	// is written and the read revision compacted, so that the watch must
-	// re-read, and even a page of one value exceeds the receive limit.
-	blocked, release := make(chan struct{}), make(chan struct{})
-	var blockOnce, releaseOnce sync.Once
-	unblock := func() { releaseOnce.Do(func() { close(release) }) }
-	op := storage.NewWatchPrefixOp[*host](wc, p)
-	t.Cleanup(op.Close)
-	t.Cleanup(unblock)
-	handle := func(e *storage.Event[*host]) error {
-		blockOnce.Do(func() {
-			close(blocked)
-			<-release
-		})
-		return nil
+	slices.Sort(lat)
+	t.Logf("%d deliveries during %d + %d heavy reads: p50 %v, p99 %v, max %v", len(lat), decodedReads.Load(), rawReads.Load(),
+		lat[len(lat)/2].Round(time.Microsecond), lat[len(lat)*99/100].Round(time.Microsecond), lat[len(lat)-1].Round(time.Microsecond))
+	for i, op := range ops {
+		requireNotStopped(t, fmt.Sprintf("watch %d", i), op.Error())
 	}
-	watchErr := make(chan error, 1)
-	go func() { watchErr <- op.Watch(ctx, handle) }()
-	waitWatchSignal(t, blocked, "initial read delivered")
-	huge := make([]byte, 3*recvLimit)
-	for i := range huge {
-		huge[i] = 'a' + byte(rand.IntN(26)) // plain JSON: the raw put stores it as is
-	}
-	watchPut(t, c, p+"b", "b") // so that the compaction covers the read revision + 1
-	last := watchPut(t, c, p+"huge", string(huge))
-	_, err = c.Compact(ctx, last, clientv3.WithCompactPhysical())
-	require.NoError(t, err)
-	unblock()
-	require.NoError(t, recvWatchError(t, watchErr), "Watch")
-
-	t.Log("phase 1: the re-read cannot receive the huge value: the run stops with one error, no endless retry")
-	err = recvWatchError(t, op.Error())
-	require.ErrorContains(t, err, "receive limit")
-	require.ErrorContains(t, err, p)
-	relists := storage.WatchRecovery(op).Relists
-	require.GreaterOrEqual(t, relists, int64(1))
-	select {
-	case err := <-op.Error():
-		t.Fatalf("a second error: %v", err)
-	case <-time.After(500 * time.Millisecond):
-	}
-	require.Equal(t, relists, storage.WatchRecovery(op).Relists, "relists after the run stopped")
+	requireNotStopped(t, "the cache", cache.Error())
 }

@@ -29,7 +29,7 @@ func withHeader(resp clientv3.WatchResponse, rev int64) clientv3.WatchResponse {
 func eventsAt(revs ...int64) clientv3.WatchResponse {
 	resp := withHeader(clientv3.WatchResponse{}, revs[len(revs)-1])
 	for _, rev := range revs {
-		resp.Events = append(resp.Events, cachePutEvent("/p/k", "k", 1, rev))
+		resp.Events = append(resp.Events, putEvent("/p/k", "k", 1, rev))
 	}
 	return resp
 }

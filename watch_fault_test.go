@@ -6,10 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -18,93 +18,29 @@ import (
 	"github.com/etcdkit/storage"
 )
 
-// Fault tests: a watch and a cache stay exact through member restarts,
-// dropped and blackholed connections, partitions, compaction while away, a
-// closed client and a cancelled context. Each proves the library's own
+// Fault tests: a watch and a cache stay exact through member restarts, a
+// paused member, dropped and blackholed connections, partitions, compaction
+// while away and a closed client. Each proves the library's own
 // recovery ran through its Recovery counters where clientv3 cannot recover
 // by itself (partition: Resumes; compaction: Relists); where clientv3 may
 // resume on its own (dropped connection, restart) the counters may stay 0 and
 // the tests assert exactly-once, in-order delivery only.
 
-// faultWait bounds each wait of these tests. Stopping a member that serves a
-// watch stream alone takes 2 s (the framework's gRPC GracefulStop waits that
-// long for open streams).
-const faultWait = 30 * time.Second
+// seqKey is the key of write number i of a sequence under prefix.
+func seqKey(prefix string, i int) string { return fmt.Sprintf("%s%03d", prefix, i) }
 
-// faultLog records what a handler receives.
-type faultLog struct {
-	mu     sync.Mutex
-	events []storage.Event[*host]
-}
-
-func (l *faultLog) handle(e *storage.Event[*host]) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.events = append(l.events, *e)
-	return nil
-}
-
-func (l *faultLog) len() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.events)
-}
-
-// all returns a copy of the events received so far.
-func (l *faultLog) all() []storage.Event[*host] {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return slices.Clone(l.events)
-}
-
-// has reports whether an event for key was received.
-func (l *faultLog) has(key string) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return slices.ContainsFunc(l.events, func(e storage.Event[*host]) bool { return e.Key == key })
-}
-
-// waitFor waits until the log holds at least n events.
-func (l *faultLog) waitFor(t *testing.T, n int) {
-	t.Helper()
-	require.Eventually(t, func() bool { return l.len() >= n }, faultWait, 10*time.Millisecond,
-		"the handler should receive %d events", n)
-}
-
-// faultSeqKey is the key of write number i of a sequence under prefix.
-func faultSeqKey(prefix string, i int) string { return fmt.Sprintf("%s%03d", prefix, i) }
-
-// faultRetry runs op until it succeeds or ctx ends, each attempt bounded to a
-// second: through a healthy member a write fails only while a new leader is
-// elected (the stopped or partitioned member may have been the leader).
-func faultRetry(ctx context.Context, op func(ctx context.Context) error) error {
-	for {
-		actx, cancel := context.WithTimeout(ctx, time.Second)
-		err := op(actx)
-		cancel()
-		if err == nil || ctx.Err() != nil {
-			return err
-		}
-		select { // back off between attempts; this synchronises nothing
-		case <-ctx.Done():
-			return err
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-}
-
-// faultCreateSeq writes keys from..to of a sequence under prefix, in order,
+// createSeq writes keys from..to of a sequence under prefix, in order,
 // through client. Each write creates its key only if it is absent, so a retry
 // of a write whose outcome was lost never writes it twice: the sequence in
 // etcd is exactly from..to, one revision each.
-func faultCreateSeq(ctx context.Context, client *clientv3.Client, prefix string, from, to int) error {
+func createSeq(ctx context.Context, client *clientv3.Client, prefix string, from, to int) error {
 	for i := from; i <= to; i++ {
-		key := faultSeqKey(prefix, i)
+		key := seqKey(prefix, i)
 		val, err := json.Marshal(host{Name: key, Port: i})
 		if err != nil {
 			return err
 		}
-		err = faultRetry(ctx, func(ctx context.Context) error {
+		err = retryWrite(ctx, func(ctx context.Context) error {
 			_, err := client.Txn(ctx).
 				If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 				Then(clientv3.OpPut(key, string(val))).
@@ -118,26 +54,26 @@ func faultCreateSeq(ctx context.Context, client *clientv3.Client, prefix string,
 	return nil
 }
 
-// faultGoCreateSeq runs faultCreateSeq in a goroutine; the test must receive
+// goCreateSeq runs createSeq in a goroutine; the test must receive
 // from the returned channel (the goroutine ends with that send).
-func faultGoCreateSeq(ctx context.Context, client *clientv3.Client, prefix string, from, to int) <-chan error {
+func goCreateSeq(ctx context.Context, client *clientv3.Client, prefix string, from, to int) <-chan error {
 	done := make(chan error, 1)
-	go func() { done <- faultCreateSeq(ctx, client, prefix, from, to) }()
+	go func() { done <- createSeq(ctx, client, prefix, from, to) }()
 	return done
 }
 
-// requireFaultSeq checks that events are exactly the creates of keys 1..n of
+// requireSeq checks that events are exactly the creates of keys 1..n of
 // the sequence under prefix, in order, each once, at increasing revisions:
 // nothing lost, nothing repeated, nothing reordered.
-func requireFaultSeq(t *testing.T, events []storage.Event[*host], prefix string, n int) {
+func requireSeq(t *testing.T, events []storage.Event[*host], prefix string, n int) {
 	t.Helper()
 	want := make([]string, n)
 	for i := range want {
-		want[i] = fmt.Sprintf("put create=true %s port=%d", faultSeqKey(prefix, i+1), i+1)
+		want[i] = fmt.Sprintf("put create=true %s port=%d", seqKey(prefix, i+1), i+1)
 	}
 	got := make([]string, len(events))
 	for i, e := range events {
-		got[i] = fmt.Sprintf("%s create=%t %s port=%d", e.Type, e.IsCreate, e.Key, faultPort(e))
+		got[i] = fmt.Sprintf("%s create=%t %s port=%d", e.Type, e.IsCreate, e.Key, portOf(e))
 	}
 	require.Equal(t, want, got, "the handler must see every write exactly once, in order")
 	for i := 1; i < len(events); i++ {
@@ -145,16 +81,16 @@ func requireFaultSeq(t *testing.T, events []storage.Event[*host], prefix string,
 	}
 }
 
-func faultPort(e storage.Event[*host]) int {
+func portOf(e storage.Event[*host]) int {
 	if e.Value == nil {
 		return -1
 	}
 	return e.Value.Port
 }
 
-// faultNoError checks that nothing was reported on errc: every fault of these
+// requireNoFault checks that nothing was reported on errc: every fault of these
 // tests is recoverable, and a recoverable fault is not an error.
-func faultNoError(t *testing.T, errc <-chan error) {
+func requireNoFault(t *testing.T, errc <-chan error) {
 	t.Helper()
 	select {
 	case err := <-errc:
@@ -163,22 +99,9 @@ func faultNoError(t *testing.T, errc <-chan error) {
 	}
 }
 
-// faultRecvError waits for the error a stopped run sends on errc.
-func faultRecvError(t *testing.T, errc <-chan error, what string) error {
-	t.Helper()
-	select {
-	case err := <-errc:
-		require.Error(t, err, "%s: a nil error on Error()", what)
-		return err
-	case <-time.After(faultWait):
-		require.FailNow(t, what+": no error on Error()")
-		return nil
-	}
-}
-
-// faultMemberClient returns a client of the given endpoints, closed when the
+// memberClient returns a client of the given endpoints, closed when the
 // test ends (its logger writes through t).
-func faultMemberClient(t *testing.T, endpoints ...string) *clientv3.Client {
+func memberClient(t *testing.T, endpoints ...string) *clientv3.Client {
 	t.Helper()
 	client, err := integration.NewClient(t, clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second})
 	require.NoError(t, err)
@@ -193,33 +116,33 @@ func TestFaultWatchDeliversEveryWriteOnceAcrossAMemberRestart(t *testing.T) {
 	member := clus.Members[0]
 	writer := clus.Client(1) // pinned to member 1, which stays up
 
-	var log faultLog
+	var log recorder[*host]
 	w := storage.NewWatchPrefixOp[*host](clus.Client(0), prefix) // pinned to member 0
 	require.NoError(t, w.Watch(ctx, log.handle))
 	t.Cleanup(w.Close)
 
 	t.Log("phase 1: writes 1-50 with every member up")
-	require.NoError(t, faultCreateSeq(ctx, writer, prefix, 1, 50))
+	require.NoError(t, createSeq(ctx, writer, prefix, 1, 50))
 	log.waitFor(t, 50)
 
 	t.Log("phase 2: stop the watching client's member 0 while writes 51-100 go on through member 1")
-	done := faultGoCreateSeq(ctx, writer, prefix, 51, 100)
+	done := goCreateSeq(ctx, writer, prefix, 51, 100)
 	member.Stop(t)
 	require.NoError(t, <-done)
 
 	t.Log("phase 3: writes 101-150 while member 0 is down")
-	require.NoError(t, faultCreateSeq(ctx, writer, prefix, 101, 150))
+	require.NoError(t, createSeq(ctx, writer, prefix, 101, 150))
 
 	t.Log("phase 4: restart member 0 while writes 151-200 go on")
-	done = faultGoCreateSeq(ctx, writer, prefix, 151, 200)
+	done = goCreateSeq(ctx, writer, prefix, 151, 200)
 	require.NoError(t, member.Restart(t))
 	require.NoError(t, <-done)
 
 	t.Log("phase 5: write 201 after recovery; a repeated event would arrive before it")
-	require.NoError(t, faultCreateSeq(ctx, writer, prefix, 201, 201))
-	require.Eventually(t, func() bool { return log.has(faultSeqKey(prefix, 201)) }, faultWait, 10*time.Millisecond)
-	requireFaultSeq(t, log.all(), prefix, 201)
-	faultNoError(t, w.Error())
+	require.NoError(t, createSeq(ctx, writer, prefix, 201, 201))
+	require.Eventually(t, func() bool { return log.has(seqKey(prefix, 201)) }, waitTimeout, 10*time.Millisecond)
+	requireSeq(t, log.all(), prefix, 201)
+	requireNoFault(t, w.Error())
 	// clientv3 resumes a watch across a member restart by itself, so Resumes
 	// may stay 0 here; the claim is exactly-once, in-order delivery.
 	t.Logf("recovery: %+v", storage.WatchRecovery(w))
@@ -233,36 +156,36 @@ func TestFaultWatchDeliversEveryWriteOnceAcrossDroppedAndBlackholedConnections(t
 	member := clus.Members[0]
 	writer := clus.Client(1)
 
-	var log faultLog
+	var log recorder[*host]
 	w := storage.NewWatchPrefixOp[*host](clus.Client(0), prefix) // through member 0's bridge
 	require.NoError(t, w.Watch(ctx, log.handle))
 	t.Cleanup(w.Close)
 
 	t.Log("phase 1: writes 1-50 with every connection up")
-	require.NoError(t, faultCreateSeq(ctx, writer, prefix, 1, 50))
+	require.NoError(t, createSeq(ctx, writer, prefix, 1, 50))
 	log.waitFor(t, 50)
 
 	t.Log("phase 2: drop member 0's client connections while writes 51-100 go on")
-	done := faultGoCreateSeq(ctx, writer, prefix, 51, 100)
+	done := goCreateSeq(ctx, writer, prefix, 51, 100)
 	member.Bridge().DropConnections()
 	require.NoError(t, <-done)
 	log.waitFor(t, 100)
 
 	t.Log("phase 3: blackhole member 0's client traffic; writes 101-150 meanwhile")
 	member.Bridge().Blackhole()
-	require.NoError(t, faultCreateSeq(ctx, writer, prefix, 101, 150))
+	require.NoError(t, createSeq(ctx, writer, prefix, 101, 150))
 	t.Logf("delivered while blackholed: %d of 150", log.len())
 
 	t.Log("phase 4: unblackhole (the bridge drops the stalled connections) while writes 151-200 go on")
-	done = faultGoCreateSeq(ctx, writer, prefix, 151, 200)
+	done = goCreateSeq(ctx, writer, prefix, 151, 200)
 	member.Bridge().Unblackhole()
 	require.NoError(t, <-done)
 
 	t.Log("phase 5: write 201 after recovery; a repeated event would arrive before it")
-	require.NoError(t, faultCreateSeq(ctx, writer, prefix, 201, 201))
-	require.Eventually(t, func() bool { return log.has(faultSeqKey(prefix, 201)) }, faultWait, 10*time.Millisecond)
-	requireFaultSeq(t, log.all(), prefix, 201)
-	faultNoError(t, w.Error())
+	require.NoError(t, createSeq(ctx, writer, prefix, 201, 201))
+	require.Eventually(t, func() bool { return log.has(seqKey(prefix, 201)) }, waitTimeout, 10*time.Millisecond)
+	requireSeq(t, log.all(), prefix, 201)
+	requireNoFault(t, w.Error())
 	// clientv3 re-dials and resumes after dropped connections by itself, so
 	// Resumes may stay 0 here; the claim is exactly-once, in-order delivery.
 	t.Logf("recovery: %+v", storage.WatchRecovery(w))
@@ -272,11 +195,11 @@ func TestFaultWatchLeavesAPartitionedMemberAndDeliversWritesMadeDuringThePartiti
 	clus := newCluster(t, &integration.ClusterConfig{Size: 3, WatchProgressNotifyInterval: 100 * time.Millisecond})
 	ctx := testContext(t)
 	for i := range clus.Members {
-		faultPartitionRound(ctx, t, clus, i)
+		partitionRound(ctx, t, clus, i)
 	}
 }
 
-// faultPartitionRound cuts member i off from its peers while a watch is
+// partitionRound cuts member i off from its peers while a watch is
 // served by it. The watching client knows all three endpoints, but it is
 // created with member i's alone and given the others once the watch stream is
 // open there (gRPC keeps a connection whose address stays in the list), so
@@ -284,7 +207,7 @@ func TestFaultWatchLeavesAPartitionedMemberAndDeliversWritesMadeDuringThePartiti
 // i ends it with ErrNoLeader, the library resumes (Resumes moves), and the
 // resumed watch, on a healthy member, delivers the writes made during the
 // partition before it heals.
-func faultPartitionRound(ctx context.Context, t *testing.T, clus *integration.Cluster, i int) {
+func partitionRound(ctx context.Context, t *testing.T, clus *integration.Cluster, i int) {
 	member := clus.Members[i]
 	var others []*integration.Member
 	for j, m := range clus.Members {
@@ -296,12 +219,12 @@ func faultPartitionRound(ctx context.Context, t *testing.T, clus *integration.Cl
 	prefix := fmt.Sprintf("/part/%d/", i)
 
 	t.Logf("round %d, phase 1: watch through member %d, then give the client every endpoint", i, i)
-	client := faultMemberClient(t, member.GRPCURL)
-	var log faultLog
+	client := memberClient(t, member.GRPCURL)
+	var log recorder[*host]
 	w := storage.NewWatchPrefixOp[*host](client, prefix)
 	require.NoError(t, w.Watch(ctx, log.handle))
 	defer w.Close()
-	require.NoError(t, faultCreateSeq(ctx, writer, prefix, 1, 10))
+	require.NoError(t, createSeq(ctx, writer, prefix, 1, 10))
 	log.waitFor(t, 10) // the watch stream is open on member i
 	endpoints := []string{member.GRPCURL}
 	for _, m := range others {
@@ -312,11 +235,11 @@ func faultPartitionRound(ctx context.Context, t *testing.T, clus *integration.Cl
 
 	t.Logf("round %d, phase 2: partition member %d; writes 11-20 through a healthy member", i, i)
 	member.InjectPartition(t, others...)
-	require.NoError(t, faultCreateSeq(ctx, writer, prefix, 11, 20))
+	require.NoError(t, createSeq(ctx, writer, prefix, 11, 20))
 	written := time.Now()
-	// The partition holds until they arrive (or faultWait): how soon
+	// The partition holds until they arrive (or waitTimeout): how soon
 	// member i notices it lost its leader depends on the machine's speed.
-	require.Eventually(t, func() bool { return log.len() >= 20 }, faultWait, 10*time.Millisecond,
+	require.Eventually(t, func() bool { return log.len() >= 20 }, waitTimeout, 10*time.Millisecond,
 		"writes made during the partition must reach the handler before it heals")
 	t.Logf("round %d: writes delivered %v after the last one", i, time.Since(written).Round(time.Millisecond))
 	after := storage.WatchRecovery(w)
@@ -326,10 +249,10 @@ func faultPartitionRound(ctx context.Context, t *testing.T, clus *integration.Cl
 	t.Logf("round %d, phase 3: heal the partition; write 21", i)
 	member.RecoverPartition(t, others...)
 	clus.WaitLeader(t)
-	require.NoError(t, faultCreateSeq(ctx, writer, prefix, 21, 21))
+	require.NoError(t, createSeq(ctx, writer, prefix, 21, 21))
 	log.waitFor(t, 21)
-	requireFaultSeq(t, log.all(), prefix, 21)
-	faultNoError(t, w.Error())
+	requireSeq(t, log.all(), prefix, 21)
+	requireNoFault(t, w.Error())
 	t.Logf("round %d recovery: before %+v, after %+v", i, before, storage.WatchRecovery(w))
 }
 
@@ -345,7 +268,7 @@ func TestFaultWatchAndCacheCatchUpAfterACompactionWhileAway(t *testing.T) {
 		val, err := json.Marshal(host{Name: name, Port: port})
 		require.NoError(t, err)
 		var rev int64
-		require.NoError(t, faultRetry(ctx, func(ctx context.Context) error {
+		require.NoError(t, retryWrite(ctx, func(ctx context.Context) error {
 			resp, err := writer.Put(ctx, key(name), string(val))
 			if err == nil {
 				rev = resp.Header.Revision
@@ -356,7 +279,7 @@ func TestFaultWatchAndCacheCatchUpAfterACompactionWhileAway(t *testing.T) {
 	}
 	deleteKey := func(name string) {
 		t.Helper()
-		require.NoError(t, faultRetry(ctx, func(ctx context.Context) error {
+		require.NoError(t, retryWrite(ctx, func(ctx context.Context) error {
 			_, err := writer.Delete(ctx, key(name))
 			return err
 		}))
@@ -366,8 +289,8 @@ func TestFaultWatchAndCacheCatchUpAfterACompactionWhileAway(t *testing.T) {
 	for i := range 20 {
 		putHost(fmt.Sprintf("k%02d", i), i)
 	}
-	client := faultMemberClient(t, member.GRPCURL)
-	var log faultLog
+	client := memberClient(t, member.GRPCURL)
+	var log recorder[*host]
 	w := storage.NewWatchPrefixOp[*host](client, prefix)
 	require.NoError(t, w.Watch(ctx, log.handle))
 	t.Cleanup(w.Close)
@@ -379,7 +302,7 @@ func TestFaultWatchAndCacheCatchUpAfterACompactionWhileAway(t *testing.T) {
 	require.Eventually(t, func() bool {
 		h, err := c.Get(key("k00")).Exec(ctx)
 		return err == nil && h.Port == 100
-	}, faultWait, 10*time.Millisecond)
+	}, waitTimeout, 10*time.Millisecond)
 	seen := log.len()
 
 	t.Log("phase 2: stop member 0; its client is kept away until the member has caught up")
@@ -415,7 +338,7 @@ func TestFaultWatchAndCacheCatchUpAfterACompactionWhileAway(t *testing.T) {
 		compactRev = putHost(name, 500+i)
 		want[key(name)] = fmt.Sprintf("put create=true port=%d", 500+i)
 	}
-	require.NoError(t, faultRetry(ctx, func(ctx context.Context) error {
+	require.NoError(t, retryWrite(ctx, func(ctx context.Context) error {
 		_, err := writer.Compact(ctx, compactRev, clientv3.WithCompactPhysical())
 		if errors.Is(err, rpctypes.ErrCompacted) {
 			return nil // an earlier attempt compacted
@@ -426,20 +349,20 @@ func TestFaultWatchAndCacheCatchUpAfterACompactionWhileAway(t *testing.T) {
 	t.Log("phase 4: restart member 0; once it has applied the compaction, let its client back")
 	require.NoError(t, member.Restart(t))
 	require.Eventually(t, func() bool { return member.Server.KV().FirstRev() >= compactRev },
-		faultWait, 10*time.Millisecond, "member 0 should apply the compaction at %d", compactRev)
+		waitTimeout, 10*time.Millisecond, "member 0 should apply the compaction at %d", compactRev)
 	client.SetEndpoints(member.GRPCURL)
 
 	t.Log("phase 5: the watch re-reads and delivers the differences only")
 	putHost("zz", 600) // after every other key: the re-read delivers it last, or the watch after it
 	want[key("zz")] = "put create=true port=600"
-	require.Eventually(t, func() bool { return log.has(key("zz")) }, faultWait, 10*time.Millisecond)
+	require.Eventually(t, func() bool { return log.has(key("zz")) }, waitTimeout, 10*time.Millisecond)
 	events := log.all()
 	got := map[string]string{}
 	for _, e := range events[seen:] {
 		require.NotContains(t, got, e.Key, "%s delivered twice after the restart", e.Key)
 		got[e.Key] = string(e.Type)
 		if e.Type == storage.EventTypePut {
-			got[e.Key] = fmt.Sprintf("put create=%t port=%d", e.IsCreate, faultPort(e))
+			got[e.Key] = fmt.Sprintf("put create=%t port=%d", e.IsCreate, portOf(e))
 		}
 	}
 	require.Equal(t, want, got, "after the compaction the watch delivers what changed, once each")
@@ -474,13 +397,13 @@ func TestFaultWatchAndCacheCatchUpAfterACompactionWhileAway(t *testing.T) {
 		return err == nil && len(items) == len(fresh) && slices.EqualFunc(items, fresh, func(a, b *host) bool {
 			return *a == *b // name, port and version
 		})
-	}, faultWait, 10*time.Millisecond)
+	}, waitTimeout, 10*time.Millisecond)
 	items, err := c.GetPrefix("").Exec(ctx)
 	require.NoError(t, err)
 	require.Equal(t, fresh, items)
 	require.GreaterOrEqual(t, storage.CacheRecovery(c).Relists, int64(1), "the cache must have re-read")
-	faultNoError(t, w.Error())
-	faultNoError(t, c.Error())
+	requireNoFault(t, w.Error())
+	requireNoFault(t, c.Error())
 	t.Logf("recovery: watch %+v, cache %+v", storage.WatchRecovery(w), storage.CacheRecovery(c))
 }
 
@@ -489,10 +412,10 @@ func TestFaultClosedClientStopsAWatchAndACacheWithOneErrorEach(t *testing.T) {
 	ctx := testContext(t)
 	const prefix = "/closed/"
 	put(t, clus.Client(1), prefix+"a", `{"name":"a"}`)
-	client := faultMemberClient(t, clus.Endpoints()...)
+	client := memberClient(t, clus.Endpoints()...)
 
 	t.Log("phase 1: a watch and a cache run on the client")
-	var log faultLog
+	var log recorder[*host]
 	w := storage.NewWatchPrefixOp[*host](client, prefix)
 	require.NoError(t, w.Watch(ctx, log.handle))
 	t.Cleanup(w.Close)
@@ -504,12 +427,12 @@ func TestFaultClosedClientStopsAWatchAndACacheWithOneErrorEach(t *testing.T) {
 	require.Eventually(t, func() bool {
 		_, err := c.Get(prefix + "b").Exec(ctx)
 		return err == nil
-	}, faultWait, 10*time.Millisecond)
+	}, waitTimeout, 10*time.Millisecond)
 
 	t.Log("phase 2: close the client under both")
 	_ = client.Close()
-	werr := faultRecvError(t, w.Error(), "watch")
-	cerr := faultRecvError(t, c.Error(), "cache")
+	werr := nextError(t, w.Error(), "watch")
+	cerr := nextError(t, c.Error(), "cache")
 	require.ErrorIs(t, werr, context.Canceled)
 	require.ErrorIs(t, cerr, context.Canceled)
 	_, err := c.Get(prefix + "a").Exec(ctx)
@@ -540,26 +463,102 @@ func TestFaultClosedClientStopsAWatchAndACacheWithOneErrorEach(t *testing.T) {
 	c.Stop()
 }
 
-func TestFaultCancelledStartContextFailsCacheReadsWithCanceled(t *testing.T) {
+func TestEdgePausedMemberWatchGoesOnWithoutGapOrDuplicate(t *testing.T) {
 	clus := newCluster(t, &integration.ClusterConfig{Size: 3})
 	ctx := testContext(t)
-	const prefix = "/ctx/"
-	put(t, clus.Client(1), prefix+"a", `{"name":"a"}`)
+	leader := clus.WaitLeader(t)
+	paused, writer := (leader+1)%3, (leader+2)%3
+	pm := clus.Members[paused]
+	const prefix = "/edge/paused/seq/"
 
-	t.Log("phase 1: a cache started with a cancellable context serves reads")
-	startCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	c := storage.NewCache(clus.Client(0), prefix, func(h *host) string { return prefix + h.Name })
-	require.NoError(t, c.Start(startCtx))
-	t.Cleanup(c.Stop)
-	_, err := c.Get(prefix + "a").Exec(ctx)
+	t.Logf("phase 1: watch through member %d (a follower), the client knowing only it", paused)
+	cli, err := integration.NewClient(t, clientv3.Config{Endpoints: []string{pm.GRPCURL}, DialTimeout: 5 * time.Second})
 	require.NoError(t, err)
+	t.Cleanup(func() { _ = cli.Close() })
+	var rec recorder[*host]
+	op := storage.NewWatchPrefixOp[*host](cli, prefix)
+	require.NoError(t, op.Watch(ctx, rec.handle))
+	t.Cleanup(op.Close)
+	// The watch stream runs through the member to be paused; from now on
+	// the client may use every member, that one first.
+	endpoints := []string{pm.GRPCURL}
+	for i, m := range clus.Members {
+		if i != paused {
+			endpoints = append(endpoints, m.GRPCURL)
+		}
+	}
+	cli.SetEndpoints(endpoints...)
 
-	t.Log("phase 2: cancel Start's context")
-	cancel()
-	require.ErrorIs(t, faultRecvError(t, c.Error(), "cache"), context.Canceled)
-	_, err = c.Get(prefix + "a").Exec(ctx)
-	require.ErrorIs(t, err, context.Canceled)
-	_, err = c.GetPrefix("").Exec(ctx)
-	require.ErrorIs(t, err, context.Canceled)
+	var log ackedLog
+	stop, writerDone := make(chan struct{}), make(chan error, 1)
+	go func() { writerDone <- writeSequence(ctx, clus.Client(writer), prefix, &log, stop) }()
+	require.Eventually(t, func() bool { return rec.len() >= 20 }, waitTimeout, 10*time.Millisecond, "no write reached the watch before the pause")
+
+	pause := 15 * pm.ElectionTimeout()
+	t.Logf("phase 2: pause member %d for %v (15 election timeouts) while member %d takes writes and TTL puts", paused, pause, writer)
+	sofar := log.sorted()
+	revAtPause := sofar[len(sofar)-1].rev
+	pm.Pause()
+	pausedAt := time.Now()
+	observed := make(chan ttlObservation, 2)
+	for _, ttl := range []time.Duration{time.Second, 2 * time.Second} {
+		o := ttlObservation{key: fmt.Sprintf("/edge/paused/ttl/%v", ttl), ttl: ttl, sent: time.Now()}
+		require.NoError(t, storage.NewPutOp(clus.Client(writer), o.key, &host{Name: "ttl"}).WithTTL(ttl).Exec(ctx))
+		go func() {
+			observed <- observeTTL(ctx, clus.Client(leader), o, o.sent.Add(ttlBound(ttl)+ttlPatience))
+		}()
+		checkLease(ctx, t, clus.Client(writer), o.key, ttl)
+	}
+	time.Sleep(time.Until(pausedAt.Add(pause))) // the fault's duration, not a synchronisation
+	// The member ends the watch with ErrNoLeader once it has missed its
+	// leader for a few election timeouts of its own clock; a slow machine
+	// takes longer, so the pause lasts until the library has resumed.
+	require.Eventually(t, func() bool { return storage.WatchRecovery(op).Resumes >= 1 }, waitTimeout, 10*time.Millisecond,
+		"the library never resumed while member %d was paused: its ErrNoLeader did not reach it (recovery %v)",
+		paused, lazy(func() any { return storage.WatchRecovery(op) }))
+	movedOn := rec.lastRev() > revAtPause
+
+	t.Logf("phase 3: resume member %d after %v (the watch moved on through another member during the pause: %v)",
+		paused, time.Since(pausedAt).Round(time.Millisecond), movedOn)
+	pm.Resume()
+	n := log.len()
+	require.Eventually(t, func() bool { return log.len() >= n+20 }, waitTimeout, 10*time.Millisecond, "no writes after the resume")
+	close(stop)
+	require.NoError(t, <-writerDone)
+	want := log.sorted()
+	last := want[len(want)-1].rev
+	require.Eventually(t, func() bool { return rec.lastRev() >= last }, waitTimeout, 10*time.Millisecond,
+		"the watch stopped at revision %v, last write %d", lazy(func() any { return rec.lastRev() }), last)
+	requireAckedEvents(t, want, rec.snapshot())
+	rc := storage.WatchRecovery(op)
+	t.Logf("%d writes delivered once each, in order; recovery %+v", len(want), rc)
+	assert.GreaterOrEqual(t, rc.Resumes, int64(1), "the library never resumed: the paused member's ErrNoLeader did not reach it")
+	requireNotStopped(t, "the watch", op.Error())
+
+	t.Log("phase 4: the TTL keys written during the pause kept their bound")
+	for range 2 {
+		o := <-observed
+		requireTTLBound(t, o, ttlBound(o.ttl))
+	}
+}
+
+// writeSequence puts prefix+N with port N, N = 0, 1, ..., one every 5 ms,
+// until stop is closed.
+func writeSequence(ctx context.Context, client *clientv3.Client, prefix string, log *ackedLog, stop <-chan struct{}) error {
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for n := 0; ; n++ {
+		select {
+		case <-stop:
+			return nil
+		case <-tick.C:
+		}
+		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		w, err := putAcked(wctx, client, fmt.Sprintf("%s%05d", prefix, n), n)
+		cancel()
+		if err != nil {
+			return err
+		}
+		log.add(w)
+	}
 }
