@@ -511,10 +511,17 @@ func TestEdgePausedMemberWatchGoesOnWithoutGapOrDuplicate(t *testing.T) {
 	}
 	time.Sleep(time.Until(pausedAt.Add(pause))) // the fault's duration, not a synchronisation
 	// The member ends the watch with ErrNoLeader once it has missed its
-	// leader for a few election timeouts of its own clock; a slow machine
-	// takes longer, so the pause lasts until the library has resumed.
-	require.Eventually(t, func() bool { return storage.WatchRecovery(op).Resumes >= 1 }, waitTimeout, 10*time.Millisecond,
-		"the library never resumed while member %d was paused: its ErrNoLeader did not reach it (recovery %v)",
+	// leader for a few election timeouts of its own clock, and the library
+	// resumes through another member; a slow machine takes longer, so the
+	// pause lasts until that happened. clientv3 may also have moved the
+	// stream to another member by itself (etcd 3.7's client balances over
+	// every endpoint it knows): then events written during the pause
+	// arrive without a resume. Either path is the contract's; the final
+	// check below proves no change was lost or repeated on either.
+	require.Eventually(t, func() bool {
+		return storage.WatchRecovery(op).Resumes >= 1 || rec.lastRev() > revAtPause
+	}, waitTimeout, 10*time.Millisecond,
+		"the watch neither resumed nor moved on while member %d was paused (recovery %v)",
 		paused, lazy(func() any { return storage.WatchRecovery(op) }))
 	movedOn := rec.lastRev() > revAtPause
 
@@ -532,7 +539,7 @@ func TestEdgePausedMemberWatchGoesOnWithoutGapOrDuplicate(t *testing.T) {
 	requireAckedEvents(t, want, rec.snapshot())
 	rc := storage.WatchRecovery(op)
 	t.Logf("%d writes delivered once each, in order; recovery %+v", len(want), rc)
-	assert.GreaterOrEqual(t, rc.Resumes, int64(1), "the library never resumed: the paused member's ErrNoLeader did not reach it")
+	assert.True(t, rc.Resumes >= 1 || movedOn, "the watch neither resumed nor moved on during the pause")
 	requireNotStopped(t, "the watch", op.Error())
 
 	t.Log("phase 4: the TTL keys written during the pause kept their bound")
