@@ -34,7 +34,8 @@ const (
 	lifecycleMaxRounds = 400
 	lifecycleCallers   = 4  // goroutines calling lifecycle methods in a round
 	lifecycleCalls     = 12 // calls per goroutine and round
-	lifecycleKeys      = 16 // keys the writer cycles through
+	lifecycleKeys      = 16 // keys the writers put, all in each txn
+	lifecycleWriters   = 3  // goroutines writing meanwhile
 )
 
 // goroutinesIn counts the goroutines whose stack holds a frame of fn (a
@@ -62,39 +63,48 @@ func goroutinesIn(fn string) int {
 // closeFrame is the frame every Close and Stop waits in.
 const closeFrame = "storage.(*watcher).close"
 
-// startHostWriter puts new values to lifecycleKeys keys under prefix,
-// all in one txn, again and again until the returned stop function is called; stop waits
-// for the writer to exit.
+// startHostWriter has lifecycleWriters goroutines put new values to
+// lifecycleKeys keys under prefix, all in one txn, again and again until the
+// returned stop function is called; stop waits for the writers to exit.
 func startHostWriter(ctx context.Context, t *testing.T, client *clientv3.Client, prefix string) (stop func()) {
 	t.Helper()
 	for i := range lifecycleKeys {
 		put(t, client, fmt.Sprintf("%sk%02d", prefix, i), rawHostJSON("w", i))
 	}
-	done, exited := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(exited)
-		for i := 0; ; i++ {
-			select {
-			case <-done:
-				return
-			default:
-			}
-			// Every key in one txn: each watch response carries many
-			// events, so a run spends long in the sink.
-			ops := make([]clientv3.Op, lifecycleKeys)
-			for k := range ops {
-				ops[k] = clientv3.OpPut(fmt.Sprintf("%sk%02d", prefix, k), rawHostJSON("w", i))
-			}
-			if _, err := client.Txn(ctx).Then(ops...).Commit(); err != nil && ctx.Err() == nil {
-				t.Errorf("writer: %v", err)
-				return
-			}
-		}
-	}()
+	done := make(chan struct{})
+	var writers sync.WaitGroup
+	for range lifecycleWriters {
+		writers.Add(1)
+		go func() {
+			defer writers.Done()
+			writeUntil(ctx, t, client, prefix, done)
+		}()
+	}
 	var once sync.Once
-	stop = func() { once.Do(func() { close(done); <-exited }) }
+	stop = func() { once.Do(func() { close(done); writers.Wait() }) }
 	t.Cleanup(stop)
 	return stop
+}
+
+// writeUntil is one writer of startHostWriter.
+func writeUntil(ctx context.Context, t *testing.T, client *clientv3.Client, prefix string, done <-chan struct{}) {
+	for i := 0; ; i++ {
+		select {
+		case <-done:
+			return
+		default:
+		}
+		// Every key in one txn: each watch response carries many
+		// events, so a run spends long in the sink.
+		ops := make([]clientv3.Op, lifecycleKeys)
+		for k := range ops {
+			ops[k] = clientv3.OpPut(fmt.Sprintf("%sk%02d", prefix, k), rawHostJSON("w", i))
+		}
+		if _, err := client.Txn(ctx).Then(ops...).Commit(); err != nil && ctx.Err() == nil {
+			t.Errorf("writer: %v", err)
+			return
+		}
+	}
 }
 
 // blockingHandler is a handler that blocks on the event for key until
@@ -102,10 +112,14 @@ func startHostWriter(ctx context.Context, t *testing.T, client *clientv3.Client,
 type blockingHandler struct {
 	key      string
 	blocked  chan struct{} // closed once the handler blocks
-	release  chan struct{} // closed by the test to let it return
+	release  chan struct{} // closed by unblock to let it return
 	returned atomic.Bool
 	once     sync.Once
+	released sync.Once
 }
+
+// unblock lets the handler return; idempotent.
+func (b *blockingHandler) unblock() { b.released.Do(func() { close(b.release) }) }
 
 func newBlockingHandler(key string) *blockingHandler {
 	return &blockingHandler{key: key, blocked: make(chan struct{}), release: make(chan struct{})}
@@ -146,13 +160,7 @@ func TestLifecycleConcurrentClosesAllWaitForTheRunToExit(t *testing.T) {
 	op := storage.NewWatchPrefixOp[*host](c, "/lc")
 	t.Cleanup(op.Close)
 	b := newBlockingHandler("/lc/block")
-	t.Cleanup(func() { // should the test fail while the handler blocks
-		select {
-		case <-b.release:
-		default:
-			close(b.release)
-		}
-	})
+	t.Cleanup(b.unblock) // runs before Close, should the test fail while the handler blocks
 	require.NoError(t, op.Watch(ctx, b.handle))
 	putNamed(t, c, "/lc/block", "b")
 	waitSignal(t, b.blocked, "handler blocked")
@@ -168,7 +176,7 @@ func TestLifecycleConcurrentClosesAllWaitForTheRunToExit(t *testing.T) {
 	waitClosesBlocked(t, 2, returned)
 
 	t.Log("phase 2: release the handler; both Close calls return after it")
-	close(b.release)
+	b.unblock()
 	for range 2 {
 		require.True(t, recvValue(t, returned), "a Close returned before the handler did")
 	}
@@ -191,13 +199,7 @@ func TestLifecycleWatchDuringCloseIsRefusedAndLaterErrorsAreKept(t *testing.T) {
 		}
 	}
 	b := newBlockingHandler("/lc/block")
-	t.Cleanup(func() {
-		select {
-		case <-b.release:
-		default:
-			close(b.release)
-		}
-	})
+	t.Cleanup(b.unblock)
 	require.NoError(t, op.Watch(ctx, count(b.handle)))
 	putNamed(t, c, "/lc/block", "b")
 	waitSignal(t, b.blocked, "handler blocked")
@@ -213,7 +215,7 @@ func TestLifecycleWatchDuringCloseIsRefusedAndLaterErrorsAreKept(t *testing.T) {
 	require.ErrorIs(t, err, storage.ErrWatchAlreadyInProgress)
 
 	t.Log("phase 2: once Close returned, a new run's error reaches Error()")
-	close(b.release)
+	b.unblock()
 	require.True(t, recvValue(t, returned), "Close returned before the handler did")
 	errBoom := errors.New("boom")
 	require.NoError(t, op.Watch(ctx, count(func(e *storage.Event[*host]) error {
@@ -268,10 +270,11 @@ func TestLifecycleCloseThenWatchInsideTheHandlerIsRefused(t *testing.T) {
 // readGate holds the range requests of the client it is installed in while
 // held, whatever their context: a read that etcd is slow to answer.
 type readGate struct {
-	held    atomic.Bool
-	blocked chan struct{} // closed when a held read waits
-	release chan struct{} // closed to let held reads through
-	once    sync.Once
+	held     atomic.Bool
+	blocked  chan struct{} // closed when a held read waits
+	release  chan struct{} // closed by open to let held reads through
+	once     sync.Once
+	released sync.Once
 }
 
 func newReadGate() *readGate {
@@ -289,13 +292,8 @@ func (g *readGate) dialOption() grpc.DialOption {
 	})
 }
 
-func (g *readGate) open() {
-	select {
-	case <-g.release:
-	default:
-		close(g.release)
-	}
-}
+// open lets held reads through; idempotent.
+func (g *readGate) open() { g.released.Do(func() { close(g.release) }) }
 
 func TestLifecycleConcurrentStopsAllWaitForAStartInProgress(t *testing.T) {
 	verifyNoLeaks(t)
@@ -303,10 +301,10 @@ func TestLifecycleConcurrentStopsAllWaitForAStartInProgress(t *testing.T) {
 	ctx := testContext(t)
 	put(t, s.Client(), "/lc/a", rawHostJSON("lc/a", 1))
 	gate := newReadGate()
-	t.Cleanup(gate.open) // runs before the client is closed, should the test fail
 	client := newExtraClient(t, s, clientv3.Config{DialTimeout: 5 * time.Second, DialOptions: []grpc.DialOption{gate.dialOption()}})
 	c := storage.NewCache(client, "/lc", keyOfHost)
 	t.Cleanup(c.Stop)
+	t.Cleanup(gate.open) // runs before Stop, should the test fail while the read is held
 
 	t.Log("phase 1: Start, its read held by etcd")
 	gate.held.Store(true)
@@ -390,11 +388,6 @@ func TestLifecycleCacheUnderConcurrentStartStopReadsAndWrites(t *testing.T) {
 			}
 		case 1:
 			c.Stop()
-		case 5: // a shutdown path and a deferred Stop
-			stopped := make(chan struct{})
-			go func() { defer close(stopped); c.Stop() }()
-			c.Stop()
-			<-stopped
 		case 2:
 			_, err := c.Get(key).Exec(ctx)
 			readOK("Get", err)
@@ -404,6 +397,11 @@ func TestLifecycleCacheUnderConcurrentStartStopReadsAndWrites(t *testing.T) {
 		case 4:
 			err := c.Put(&host{Name: strings.TrimPrefix(key, "/"), Port: rng.IntN(1000)}).Exec(ctx)
 			readOK("Put", err)
+		case 5: // a shutdown path and a deferred Stop
+			stopped := make(chan struct{})
+			go func() { defer close(stopped); c.Stop() }()
+			c.Stop()
+			<-stopped
 		}
 	}
 

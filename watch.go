@@ -55,6 +55,10 @@ type WatchOp[V Value] interface {
 	// goroutine. Errors originating from the watch or handler are reported
 	// via the Error() channel.
 	//
+	// The initial read of a prefix is paged, every page at the first one's
+	// revision; when etcd compacts between two pages the read starts over,
+	// at most five times in all, with the backoff of the retries below.
+	//
 	// An error from the initial read or from handle during it is returned,
 	// and nothing is running. Otherwise the run is in progress until Close
 	// has returned, even after it stopped on its own: until then Watch
