@@ -95,3 +95,7 @@ func CacheWaiting[V Value](c Cache[V]) bool {
 	defer cc.mu.RUnlock()
 	return cc.changed != nil
 }
+
+// WatchReading reports whether a WatchOp's run is inside a read: its first
+// read, or a re-read after a compaction.
+func WatchReading[V Value](op WatchOp[V]) bool { return op.(*watchOp[V]).w.reading.Load() }

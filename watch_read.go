@@ -28,6 +28,8 @@ const initialReadAttempts = 5
 // initial read has no loop around it, so it starts over here instead
 // (bounded, with the loop's backoff).
 func (w *watcher) read(ctx context.Context, s sink, from int64) (int64, error) {
+	w.reading.Store(true)
+	defer w.reading.Store(false)
 	kvs, rev, err := w.readAll(ctx)
 	for attempt := 1; from == 0 && errors.Is(err, rpctypes.ErrCompacted); attempt++ {
 		if attempt == initialReadAttempts {

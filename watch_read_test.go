@@ -264,6 +264,15 @@ func idlePrefix(t *testing.T, progress bool) {
 	require.NoError(t, wm.Restart(t))
 	clus.WaitLeader(t)
 
+	// The restart makes the watch resume from its own revision; without
+	// progress notifications that meets the compaction and the library
+	// re-reads. A pause while that read waits for its quorum would hold the
+	// read, not force a resume, so phase 4 starts once it is done.
+	require.Eventually(t, func() bool {
+		return !storage.WatchReading(op) && (progress || storage.WatchRecovery(op).Relists >= 1)
+	}, waitTimeout, 10*time.Millisecond, "the watch did not recover from the restart: %+v",
+		lazy(func() any { return storage.WatchRecovery(op) }))
+
 	// The pause forces the library's own resume: the member cancels the
 	// stream once it has missed its leader for a few election timeouts of
 	// its own clock, later on a slow machine, so it lasts until then.

@@ -58,6 +58,8 @@ type watcher struct {
 	repeats  atomic.Int64 // events at or below the last delivered one, dropped
 	// maxPendingSeen is the largest backlog observed, in events.
 	maxPendingSeen atomic.Int64
+	// reading is true while a read (initial or re-read) is in flight.
+	reading atomic.Bool
 	// progressRev is the revision the latest progress notification moved
 	// the watch to.
 	progressRev atomic.Int64
@@ -263,6 +265,7 @@ func (w *watcher) loop(ctx context.Context, run *watchRun, s sink, rev int64) {
 	for {
 		var err error
 		if relist {
+			w.reading.Store(true) // before the count: tests read both
 			w.relists.Add(1)
 			var newRev int64
 			if newRev, err = w.read(ctx, s, rev); err == nil {
