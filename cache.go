@@ -11,6 +11,8 @@ import (
 	"github.com/google/btree"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/etcdkit/storage/internal/observe"
 )
 
 // Cache is a write-through cache that uses Watch operations to stay
@@ -257,7 +259,7 @@ func (c *cache[V]) readableLocked() error {
 // cache, or on a cache that is not started.
 func (c *cache[V]) checkWrite(key string) error {
 	if !strings.HasPrefix(key, c.prefix) {
-		return fmt.Errorf("%s is outside the cache's prefix %s", key, c.prefix)
+		return invalidf("%s is outside the cache's prefix %s", key, c.prefix)
 	}
 	c.mu.RLock()
 	defer c.mu.RUnlock()
@@ -364,6 +366,7 @@ func (c *cache[V]) reset(_ context.Context, kvs []*mvccpb.KeyValue, rev int64) e
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	old := c.items
+	liveCaches.Store(c, struct{}{}) // the gauges read it until ended
 	c.items, c.started, c.err = items, true, nil
 	if old != nil {
 		old.Ascend(func(e *entry) bool {
@@ -397,6 +400,7 @@ func (c *cache[V]) reset(_ context.Context, kvs []*mvccpb.KeyValue, rev int64) e
 
 // apply applies the events of one watch response (sink).
 func (c *cache[V]) apply(_ context.Context, events []*clientv3.Event) error {
+	observeEvents(observe.SourceCache, len(events))
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, ev := range events {
@@ -430,6 +434,7 @@ func (c *cache[V]) stopped(err error) {
 func (c *cache[V]) ended() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	liveCaches.Delete(c)
 	c.started, c.err, c.items, c.rev = false, nil, nil, 0
 	c.tombstones, c.rangeTombstones = nil, nil
 	c.signalLocked()
@@ -455,7 +460,8 @@ type cacheGetOp[V Value] struct {
 	key string
 }
 
-func (g cacheGetOp[V]) Exec(context.Context) (V, error) {
+func (g cacheGetOp[V]) Exec(context.Context) (_ V, err error) {
+	defer startOp(observe.OpGet).done(&err)
 	var zero V
 	g.c.mu.RLock()
 	if err := g.c.readableLocked(); err != nil {
@@ -476,13 +482,14 @@ type cacheGetPrefixOp[V Value] struct {
 	prefix string
 }
 
-func (g cacheGetPrefixOp[V]) Exec(context.Context) ([]V, error) {
+func (g cacheGetPrefixOp[V]) Exec(context.Context) (_ []V, err error) {
+	defer startOp(observe.OpGetPrefix).done(&err)
 	prefix := withTrailingSlash(g.prefix)
 	if prefix == "" {
 		prefix = g.c.prefix
 	}
 	if !strings.HasPrefix(prefix, g.c.prefix) {
-		return nil, fmt.Errorf("get prefix %s: outside the cache's prefix %s", prefix, g.c.prefix)
+		return nil, invalidf("get prefix %s: outside the cache's prefix %s", prefix, g.c.prefix)
 	}
 	start, end := prefixRange(prefix)
 	var found []*entry

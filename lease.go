@@ -95,6 +95,7 @@ func grantLease(ctx context.Context, client *clientv3.Client, ttl time.Duration)
 	if err != nil {
 		return 0, fmt.Errorf("grant lease of %ds: %w", seconds, err)
 	}
+	observeLeaseGrant()
 	m.mu.Lock()
 	// etcd grants at most maxLeaseTTL; min keeps the product in range
 	// whatever a server answers.

@@ -6,6 +6,8 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/etcdkit/storage/internal/observe"
 )
 
 // DeleteOp is an operation that deletes one or more values from storage, and
@@ -61,6 +63,14 @@ func NewDeletePrefixOp(client *clientv3.Client, prefix string, options ...client
 	return &deleteOp{client: client, key: withTrailingSlash(prefix), prefix: true, opts: options}
 }
 
+// opName is the op's name in metrics.
+func (d *deleteOp) opName() observe.Op {
+	if d.prefix {
+		return observe.OpDeletePrefix
+	}
+	return observe.OpDeleteKey
+}
+
 func (d *deleteOp) describe() string {
 	if d.prefix {
 		return fmt.Sprintf("delete prefix %s", d.key)
@@ -68,7 +78,8 @@ func (d *deleteOp) describe() string {
 	return "delete " + d.key
 }
 
-func (d *deleteOp) Exec(ctx context.Context) (int64, error) {
+func (d *deleteOp) Exec(ctx context.Context) (_ int64, err error) {
+	defer startOp(d.opName()).done(&err)
 	if err := execOne(ctx, d.client, d); err != nil {
 		return 0, err
 	}
@@ -91,7 +102,7 @@ func (d *deleteOp) ClientOp(context.Context) (clientv3.Op, error) {
 		return clientv3.Op{}, err
 	}
 	if o := inspectOptions(d.opts); o.RangeBytes() != nil || o.IsOptsWithFromKey() {
-		return clientv3.Op{}, fmt.Errorf("%s: invalid option: a range conflicts with the prefix", d.describe())
+		return clientv3.Op{}, invalidf("%s: invalid option: a range conflicts with the prefix", d.describe())
 	}
 	opts := append(d.opts[:len(d.opts):len(d.opts)], clientv3.WithPrefix())
 	return checkedOp(d.describe(), func() clientv3.Op { return clientv3.OpDelete(d.key, opts...) })
@@ -100,7 +111,7 @@ func (d *deleteOp) ClientOp(context.Context) (clientv3.Op, error) {
 // checkKey refuses a prefix delete of the whole keyspace.
 func (d *deleteOp) checkKey() error {
 	if d.prefix && (d.key == "" || d.key == "/") {
-		return fmt.Errorf("delete prefix %q: refusing to delete the whole keyspace", d.key)
+		return invalidf("delete prefix %q: refusing to delete the whole keyspace", d.key)
 	}
 	return nil
 }
@@ -150,7 +161,8 @@ func NewDeleteValueOp[V Value](client *clientv3.Client, key string, val V, optio
 	return &deleteValueOp[V]{client: client, key: key, val: val, opts: options}
 }
 
-func (d *deleteValueOp[V]) Exec(ctx context.Context) error {
+func (d *deleteValueOp[V]) Exec(ctx context.Context) (err error) {
+	defer startOp(observe.OpDeleteValue).done(&err)
 	return execOne(ctx, d.client, d)
 }
 

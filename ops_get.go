@@ -7,6 +7,8 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/etcdkit/storage/internal/observe"
 )
 
 // maxGetChunk is how many keys GetMultiple reads per request: etcd's default
@@ -67,7 +69,8 @@ func NewGetOp[V Value](client *clientv3.Client, key string, options ...clientv3.
 	return &getOp[V]{client: client, key: key, opts: options}
 }
 
-func (g *getOp[V]) Exec(ctx context.Context) (V, error) {
+func (g *getOp[V]) Exec(ctx context.Context) (_ V, err error) {
+	defer startOp(observe.OpGet).done(&err)
 	var zero V
 	what := "get " + g.key
 	if err := checkReadOptions(what, g.opts); err != nil {
@@ -91,6 +94,7 @@ func (g *getOp[V]) Exec(ctx context.Context) (V, error) {
 // getRangeOp implements GetMultipleOp for a prefix or a key range.
 type getRangeOp[V Value] struct {
 	client *clientv3.Client
+	op     observe.Op // OpGetPrefix or OpGetRange
 	what   string
 	start  string
 	end    string
@@ -103,16 +107,17 @@ type getRangeOp[V Value] struct {
 func NewGetPrefixOp[V Value](client *clientv3.Client, prefix string, options ...clientv3.OpOption) GetMultipleOp[V] {
 	prefix = withTrailingSlash(prefix)
 	start, end := prefixRange(prefix)
-	return &getRangeOp[V]{client: client, what: "get prefix " + prefix, start: start, end: end, opts: options}
+	return &getRangeOp[V]{client: client, op: observe.OpGetPrefix, what: "get prefix " + prefix, start: start, end: end, opts: options}
 }
 
 // NewGetRangeOp returns an operation that returns values in the range
 // [start, end), in key order.
 func NewGetRangeOp[V Value](client *clientv3.Client, start, end string, options ...clientv3.OpOption) GetMultipleOp[V] {
-	return &getRangeOp[V]{client: client, what: fmt.Sprintf("get range [%s, %s)", start, end), start: start, end: end, opts: options}
+	return &getRangeOp[V]{client: client, op: observe.OpGetRange, what: fmt.Sprintf("get range [%s, %s)", start, end), start: start, end: end, opts: options}
 }
 
-func (g *getRangeOp[V]) Exec(ctx context.Context) ([]V, error) {
+func (g *getRangeOp[V]) Exec(ctx context.Context) (_ []V, err error) {
+	defer startOp(g.op).done(&err)
 	if err := checkReadOptions(g.what, g.opts); err != nil {
 		return nil, err
 	}
@@ -144,7 +149,8 @@ func NewGetMultipleOp[V Value](client *clientv3.Client, keys []string, options .
 	return &getMultipleOp[V]{client: client, keys: keys, opts: options}
 }
 
-func (g *getMultipleOp[V]) Exec(ctx context.Context) ([]V, error) {
+func (g *getMultipleOp[V]) Exec(ctx context.Context) (_ []V, err error) {
+	defer startOp(observe.OpGetMultiple).done(&err)
 	what := fmt.Sprintf("get %d keys", len(g.keys))
 	if err := checkReadOptions(what, g.opts); err != nil {
 		return nil, err
@@ -209,7 +215,8 @@ func NewExistsOp(client *clientv3.Client, key string) ExistsOp {
 	return &existsOp{client: client, key: key}
 }
 
-func (e *existsOp) Exec(ctx context.Context) (bool, error) {
+func (e *existsOp) Exec(ctx context.Context) (_ bool, err error) {
+	defer startOp(observe.OpExists).done(&err)
 	resp, err := e.client.Get(ctx, e.key, clientv3.WithCountOnly())
 	if err != nil {
 		return false, wrapRequestErr("exists "+e.key, err, 1, 0)

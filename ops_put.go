@@ -7,6 +7,8 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/etcdkit/storage/internal/observe"
 )
 
 // putKind is what a put asks of the stored key.
@@ -17,6 +19,17 @@ const (
 	putCreate                // the key must not exist
 	putUpdate                // the stored version (or mod revision) must match
 )
+
+// opName is the kind's op name in metrics.
+func (k putKind) opName() observe.Op {
+	switch k {
+	case putCreate:
+		return observe.OpCreate
+	case putUpdate:
+		return observe.OpUpdate
+	}
+	return observe.OpPut
+}
 
 func (k putKind) String() string {
 	switch k {
@@ -128,7 +141,8 @@ func (p *putOp[V]) WithUpdatedVersion() PutOp[V] {
 	return p
 }
 
-func (p *putOp[V]) Exec(ctx context.Context) error {
+func (p *putOp[V]) Exec(ctx context.Context) (err error) {
+	defer startOp(p.kind.opName()).done(&err)
 	return execOne(ctx, p.client, p)
 }
 
@@ -163,7 +177,7 @@ func (p *putOp[V]) ClientOp(ctx context.Context) (clientv3.Op, error) {
 		if len(p.opts) > 0 {
 			if setsLease(p.opts) {
 				// Ours would silently replace it: the last WithLease wins.
-				return clientv3.Op{}, fmt.Errorf("%s: invalid option: a caller's WithLease conflicts with WithTTL, which attaches a lease of its own", p.describe())
+				return clientv3.Op{}, invalidf("%s: invalid option: a caller's WithLease conflicts with WithTTL, which attaches a lease of its own", p.describe())
 			}
 			if _, err := p.build("", opts); err != nil {
 				return clientv3.Op{}, err

@@ -7,7 +7,6 @@ package storage
 // key.
 
 import (
-	"fmt"
 	"reflect"
 	"time"
 
@@ -21,14 +20,14 @@ func (w *watcher) checkOptions() error {
 	o := inspectOptions(w.opts)
 	switch {
 	case o.Rev() != 0 || o.RangeBytes() != nil || o.IsOptsWithPrefix() || o.IsOptsWithFromKey():
-		return fmt.Errorf("%s: invalid option: the watch sets its own revision and range", w.what)
+		return invalidf("%s: invalid option: the watch sets its own revision and range", w.what)
 	case o.Limit() != 0 || o.IsSerializable() || o.IsCountOnly() || o.IsKeysOnly() ||
 		o.MinModRev() != 0 || o.MaxModRev() != 0 || o.MinCreateRev() != 0 || o.MaxCreateRev() != 0:
-		return fmt.Errorf("%s: invalid option: only watch options apply", w.what)
+		return invalidf("%s: invalid option: only watch options apply", w.what)
 	case setsLease(w.opts):
-		return fmt.Errorf("%s: invalid option: only watch options apply (a lease)", w.what)
+		return invalidf("%s: invalid option: only watch options apply (a lease)", w.what)
 	case setsSort(w.opts):
-		return fmt.Errorf("%s: invalid option: only watch options apply (a sort order)", w.what)
+		return invalidf("%s: invalid option: only watch options apply (a sort order)", w.what)
 	}
 	return nil
 }
@@ -39,7 +38,7 @@ func (w *watcher) checkOptions() error {
 func checkedOp(what string, build func() clientv3.Op) (op clientv3.Op, err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			err = fmt.Errorf("%s: invalid option: %v", what, r)
+			err = invalidf("%s: invalid option: %v", what, r)
 		}
 	}()
 	return build(), nil
@@ -73,7 +72,7 @@ func setsLease(opts []clientv3.OpOption) bool {
 // checks nor a Cache's bookkeeping see.
 func checkSingleKeyOptions(what string, opts []clientv3.OpOption) error {
 	if o := inspectOptions(opts); o.RangeBytes() != nil || o.IsOptsWithFromKey() || o.IsOptsWithPrefix() {
-		return fmt.Errorf("%s: invalid option: a range conflicts with the op's own key", what)
+		return invalidf("%s: invalid option: a range conflicts with the op's own key", what)
 	}
 	return nil
 }
@@ -86,9 +85,9 @@ func checkReadOptions(what string, opts []clientv3.OpOption) error {
 	o := inspectOptions(opts)
 	switch {
 	case o.RangeBytes() != nil || o.IsOptsWithFromKey() || o.IsOptsWithPrefix():
-		return fmt.Errorf("%s: invalid option: a range conflicts with the op's own keys", what)
+		return invalidf("%s: invalid option: a range conflicts with the op's own keys", what)
 	case o.IsCountOnly() || o.IsKeysOnly():
-		return fmt.Errorf("%s: invalid option: count-only and keys-only reads return no values", what)
+		return invalidf("%s: invalid option: count-only and keys-only reads return no values", what)
 	}
 	return nil
 }
@@ -97,9 +96,9 @@ func checkReadOptions(what string, opts []clientv3.OpOption) error {
 func checkTTL(what string, ttl time.Duration) error {
 	switch {
 	case ttl <= 0:
-		return fmt.Errorf("%s: TTL must be positive, got %v", what, ttl)
+		return invalidf("%s: TTL must be positive, got %v", what, ttl)
 	case ttl > maxLeaseTTL*time.Second:
-		return fmt.Errorf("%s: TTL %v exceeds etcd's maximum lease TTL of %ds", what, ttl, int64(maxLeaseTTL))
+		return invalidf("%s: TTL %v exceeds etcd's maximum lease TTL of %ds", what, ttl, int64(maxLeaseTTL))
 	}
 	return nil
 }

@@ -11,6 +11,8 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/etcdkit/storage/internal/observe"
 )
 
 // Txn is a group of operations that will be executed together in a
@@ -77,7 +79,8 @@ func (t *txn) AddOps(ops ...TxnOperation) {
 	t.ops = append(t.ops, ops...)
 }
 
-func (t *txn) Commit(ctx context.Context) error {
+func (t *txn) Commit(ctx context.Context) (err error) {
+	defer startOp(observe.OpTxn).done(&err)
 	t.commitMu.Lock()
 	defer t.commitMu.Unlock()
 	t.mu.Lock()

@@ -195,6 +195,7 @@ func decodeValue[V Value](key string, data []byte) (V, error) {
 }
 
 func decodeError(key string, err error) error {
+	observeDecodeError()
 	return fmt.Errorf("failed to decode %q: %w", key, err)
 }
 

@@ -7,6 +7,8 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/etcdkit/storage/internal/observe"
 )
 
 // EventType is the kind of an [Event].
@@ -239,6 +241,7 @@ func (h *handlerSink[V]) deliver(ctx context.Context, e *Event[V]) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	observeEvents(observe.SourceWatch, 1)
 	if err := h.handle(e); err != nil {
 		return handlerError{err}
 	}

@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -28,13 +29,13 @@ func (w *watcher) receive(ctx context.Context, cancel context.CancelFunc, wch cl
 				if err := w.client.Ctx().Err(); err != nil {
 					// clientv3 returns a closed channel at once for a closed
 					// client: retrying would spin.
-					q.stop(stopError{fmt.Errorf("%s: etcd client closed: %w", w.what, err)})
+					q.stop(stopError{fmt.Errorf("%s: %w: %w", w.what, errClientClosed, err)})
 					return
 				}
 				q.stop(errWatchClosed)
 				return
 			}
-			pending := q.push(resp)
+			pending := q.push(resp, receiptTime())
 			w.recordPending(pending)
 			if pending > w.maxPending {
 				cancel()
@@ -58,17 +59,25 @@ func (w *watcher) recordPending(n int) {
 // respQueue holds the watch responses received and not yet delivered.
 type respQueue struct {
 	mu      sync.Mutex // protects the following fields
-	resps   []clientv3.WatchResponse
+	resps   []queuedResp
 	pending int   // events in resps
 	err     error // why receiving stopped; popped once resps is empty
 
 	ready chan struct{} // cap 1: signalled after every change, never closed
 }
 
-// push adds resp and returns the number of events pending.
-func (q *respQueue) push(resp clientv3.WatchResponse) int {
+// queuedResp is a response and when it was received (zero when no
+// observer listens, see receiptTime).
+type queuedResp struct {
+	resp    clientv3.WatchResponse
+	receipt time.Time
+}
+
+// push adds resp, received at receipt, and returns the number of events
+// pending.
+func (q *respQueue) push(resp clientv3.WatchResponse, receipt time.Time) int {
 	q.mu.Lock()
-	q.resps = append(q.resps, resp)
+	q.resps = append(q.resps, queuedResp{resp, receipt})
 	q.pending += len(resp.Events)
 	n := q.pending
 	q.mu.Unlock()
@@ -93,27 +102,27 @@ func (q *respQueue) signal() {
 	}
 }
 
-// pop returns the oldest response, waiting for one; once the queue is
-// empty and receiving stopped, it returns why.
-func (q *respQueue) pop(ctx context.Context) (clientv3.WatchResponse, error) {
+// pop returns the oldest response and when it was received, waiting for
+// one; once the queue is empty and receiving stopped, it returns why.
+func (q *respQueue) pop(ctx context.Context) (clientv3.WatchResponse, time.Time, error) {
 	for {
 		q.mu.Lock()
 		if len(q.resps) > 0 {
-			resp := q.resps[0]
-			q.resps[0] = clientv3.WatchResponse{}
+			r := q.resps[0]
+			q.resps[0] = queuedResp{}
 			q.resps = q.resps[1:]
-			q.pending -= len(resp.Events)
+			q.pending -= len(r.resp.Events)
 			q.mu.Unlock()
-			return resp, nil
+			return r.resp, r.receipt, nil
 		}
 		err := q.err
 		q.mu.Unlock()
 		if err != nil {
-			return clientv3.WatchResponse{}, err
+			return clientv3.WatchResponse{}, time.Time{}, err
 		}
 		select {
 		case <-ctx.Done():
-			return clientv3.WatchResponse{}, ctx.Err()
+			return clientv3.WatchResponse{}, time.Time{}, ctx.Err()
 		case <-q.ready:
 		}
 	}

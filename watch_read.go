@@ -47,7 +47,7 @@ func (w *watcher) read(ctx context.Context, s sink, from int64) (int64, error) {
 		}
 		if cerr := w.client.Ctx().Err(); cerr != nil {
 			// A closed client fails every read at once: retrying never ends.
-			return 0, stopError{fmt.Errorf("%s: etcd client closed: %w", w.what, cerr)}
+			return 0, stopError{fmt.Errorf("%s: %w: %w", w.what, errClientClosed, cerr)}
 		}
 		return 0, err
 	}

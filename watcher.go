@@ -128,6 +128,8 @@ var (
 	// errCompacted marks a watch that must re-read: etcd compacted past the
 	// revision it would resume from.
 	errCompacted = errors.New("revision compacted")
+	// errClientClosed is a run stopped because its etcd client was closed.
+	errClientClosed = errors.New("etcd client closed")
 	// errReread is a re-read asked for by Cache.Verify; the loop handles it
 	// as a compaction.
 	errReread = fmt.Errorf("re-read requested: %w", errCompacted)
@@ -281,22 +283,24 @@ func (w *watcher) loop(ctx context.Context, run *watchRun, s sink, rev int64) {
 		}
 		switch {
 		case ctx.Err() != nil:
-			w.halt(run, s, fmt.Errorf("%s: %w", w.what, context.Cause(ctx)))
+			w.halt(ctx, run, s, rev, fmt.Errorf("%s: %w", w.what, context.Cause(ctx)))
 			return
 		case errors.Is(err, errCompacted):
 			relist = true
+			w.restarting(rev, err, relist)
 			continue
 		case isStop(err):
-			w.halt(run, s, err)
+			w.halt(ctx, run, s, rev, err)
 			return
 		}
 		if w.hooks.endsOnClosedChannel() {
 			return // as a naive "for resp := range wch" loop ends, silently
 		}
 		w.resumes.Add(1)
+		w.restarting(rev, err, relist)
 		resuming = true
 		if !sleepCtx(ctx, backoff(failures)) {
-			w.halt(run, s, fmt.Errorf("%s: %w", w.what, context.Cause(ctx)))
+			w.halt(ctx, run, s, rev, fmt.Errorf("%s: %w", w.what, context.Cause(ctx)))
 			return // the backoff was interrupted: the run ends now
 		}
 		failures++
@@ -341,10 +345,11 @@ func (w *watcher) watchFrom(ctx context.Context, s sink, rev *int64, failures *i
 	}()
 	lastEvent := after // the stream asks for the changes after it
 	for {
-		resp, err := q.pop(ctx)
+		resp, receipt, err := q.pop(ctx)
 		if err != nil {
 			return err
 		}
+		observeQueued(receipt, len(resp.Events))
 		if err := w.deliver(ctx, s, resp, rev, &lastEvent); err != nil {
 			return err
 		}
@@ -445,9 +450,11 @@ func classify(what string, resp clientv3.WatchResponse) error {
 	return fmt.Errorf("%s: %w", what, err)
 }
 
-// halt ends a run that stopped on its own: the sink learns why, and the
-// error goes to Error() unless the run was closed meanwhile.
-func (w *watcher) halt(run *watchRun, s sink, err error) {
+// halt ends a run that stopped on its own, having delivered up to rev: the
+// sink learns why, and the error goes to Error() unless the run was closed
+// meanwhile.
+func (w *watcher) halt(ctx context.Context, run *watchRun, s sink, rev int64, err error) {
+	w.stopping(ctx, rev, err)
 	if errors.Is(err, errClosed) {
 		return
 	}
