@@ -12,6 +12,8 @@
 // --endpoints runs it against a running cluster instead (it first deletes
 // everything under /demo/ there). --serve keeps the embedded etcd running
 // after the story, so its keys can be inspected, until Ctrl-C.
+// --metrics-addr serves the library's Prometheus series at
+// http://ADDR/metrics (storageprom) and prints a few of them at the end.
 package main
 
 import (
@@ -40,6 +42,7 @@ const storyTimeout = time.Minute
 type config struct {
 	endpoints   []string // empty: start an embedded etcd
 	serve       bool     // keep the embedded etcd running after the story
+	metricsAddr string   // "": no metrics; else serve them at http://metricsAddr/metrics
 	dialTimeout time.Duration
 }
 
@@ -48,9 +51,10 @@ func main() {
 	var endpoints string
 	flag.StringVar(&endpoints, "endpoints", "", "comma-separated client URLs of a running etcd cluster (default: start an embedded etcd)")
 	flag.BoolVar(&cfg.serve, "serve", false, "keep the embedded etcd running after the story, until Ctrl-C")
+	flag.StringVar(&cfg.metricsAddr, "metrics-addr", "", "serve the storage metrics at http://ADDR/metrics, e.g. 127.0.0.1:9090 (default: none)")
 	flag.DurationVar(&cfg.dialTimeout, "dial-timeout", 5*time.Second, "how long to wait for a running cluster to answer")
 	flag.Usage = func() {
-		fmt.Fprintf(flag.CommandLine.Output(), "usage: storage-demo [--endpoints URL,URL] [--serve]\n\n")
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: storage-demo [--endpoints URL,URL] [--serve] [--metrics-addr ADDR]\n\n")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
@@ -72,13 +76,25 @@ func main() {
 }
 
 // run connects to etcd as cfg says, tells the story, and with cfg.serve
-// waits for ctx to end before it stops the embedded etcd.
+// waits for ctx to end before it stops the embedded etcd. With
+// cfg.metricsAddr it serves the storage metrics meanwhile and prints a few
+// series after the story.
 func run(ctx context.Context, cfg config, out io.Writer) error {
-	if len(cfg.endpoints) > 0 {
-		if cfg.serve {
-			return errors.New("--serve keeps the embedded etcd running; it does not apply with --endpoints")
+	if len(cfg.endpoints) > 0 && cfg.serve {
+		return errors.New("--serve keeps the embedded etcd running; it does not apply with --endpoints")
+	}
+	var metrics *metricsServer // nil without --metrics-addr
+	if cfg.metricsAddr != "" {
+		m, err := serveMetrics(cfg.metricsAddr)
+		if err != nil {
+			return err
 		}
-		return runExternal(ctx, cfg, out)
+		defer m.close()
+		fmt.Fprintf(out, "metrics at %s\n", m.url)
+		metrics = m
+	}
+	if len(cfg.endpoints) > 0 {
+		return runExternal(ctx, cfg, out, metrics)
 	}
 
 	server, err := storagetest.Start()
@@ -88,7 +104,7 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 	defer server.Close()
 	endpoint := strings.Join(server.Endpoints(), ",")
 	fmt.Fprintf(out, "embedded etcd at %s, data in a temporary directory\n", endpoint)
-	if err := tell(ctx, server.Client(), out); err != nil {
+	if err := tell(ctx, server.Client(), out, metrics); err != nil {
 		return err
 	}
 	if !cfg.serve {
@@ -106,7 +122,7 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 }
 
 // runExternal tells the story against a running cluster.
-func runExternal(ctx context.Context, cfg config, out io.Writer) error {
+func runExternal(ctx context.Context, cfg config, out io.Writer, metrics *metricsServer) error {
 	client, err := clientv3.New(clientv3.Config{
 		Endpoints:   cfg.endpoints,
 		DialTimeout: cfg.dialTimeout,
@@ -126,11 +142,12 @@ func runExternal(ctx context.Context, cfg config, out io.Writer) error {
 		return fmt.Errorf("etcd at %v did not answer within %v: %w", cfg.endpoints, cfg.dialTimeout, err)
 	}
 	fmt.Fprintf(out, "etcd at %s\n", strings.Join(cfg.endpoints, ","))
-	return tell(ctx, client, out)
+	return tell(ctx, client, out, metrics)
 }
 
-// tell runs the story within storyTimeout.
-func tell(ctx context.Context, client *clientv3.Client, out io.Writer) error {
+// tell runs the story within storyTimeout, then prints a few series of
+// metrics unless it is nil.
+func tell(ctx context.Context, client *clientv3.Client, out io.Writer, metrics *metricsServer) error {
 	ctx, cancel := context.WithTimeout(ctx, storyTimeout)
 	defer cancel()
 	start := time.Now()
@@ -138,5 +155,8 @@ func tell(ctx context.Context, client *clientv3.Client, out io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(out, "story told in %.1fs\n", time.Since(start).Seconds())
-	return nil
+	if metrics == nil {
+		return nil
+	}
+	return metrics.printSeries(ctx, out)
 }

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
+	"net/http"
 	"regexp"
 	"strconv"
 	"strings"
@@ -186,11 +188,68 @@ func TestRun(t *testing.T) {
 		assert.Contains(t, out.String(), "stopping etcd and removing its data")
 	})
 
+	t.Run("--metrics-addr serves /metrics over HTTP and prints a few series after the story", func(t *testing.T) {
+		t.Parallel()
+		out := &watchedBuffer{want: "get --prefix /demo/", found: make(chan struct{})}
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		done := make(chan error, 1)
+		go func() { done <- run(ctx, config{serve: true, metricsAddr: "127.0.0.1:0"}, out) }()
+		select {
+		case <-out.found:
+		case err := <-done:
+			t.Fatalf("run returned before serving: %v\n%s", err, out.String())
+		case <-time.After(30 * time.Second):
+			t.Fatalf("no serve hint after 30s:\n%s", out.String())
+		}
+		assert.Regexp(t, `some of the series at http://\S+/metrics:\n  storage_`, out.String())
+		assert.Contains(t, out.String(), `storage_operations_total{op="txn",outcome="constraint_violated"}`)
+
+		m := regexp.MustCompile(`metrics at (http://\S+/metrics)`).FindStringSubmatch(out.String())
+		require.NotNil(t, m, out.String())
+		body := scrape(t, m[1])
+		for _, series := range []string{
+			// Other runs of the demo in this process count too: the
+			// observers are process-wide, so only the series are claimed.
+			`storage_operations_total{op="create",outcome="already_exists"} `,
+			`storage_watch_events_total{source="watch"} `,
+			`storage_watch_restarts_total{reason="relist"} `,
+			`storage_watch_stopped_total{reason="closed"} `,
+			`storage_operation_duration_seconds_bucket{op="put",le="0.00064"} `,
+			`storage_lease_grants_total `,
+		} {
+			assert.Contains(t, body, series)
+		}
+
+		cancel()
+		select {
+		case err := <-done:
+			require.NoError(t, err)
+		case <-time.After(30 * time.Second):
+			t.Fatal("run did not return after its context ended")
+		}
+	})
+
 	t.Run("--serve with --endpoints is refused", func(t *testing.T) {
 		t.Parallel()
 		err := run(t.Context(), config{endpoints: []string{"http://127.0.0.1:1"}, serve: true}, &bytes.Buffer{})
 		require.ErrorContains(t, err, "--serve")
 	})
+}
+
+// scrape GETs url, as Prometheus does, and returns the body.
+func scrape(t *testing.T, url string) string {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, url, nil)
+	require.NoError(t, err)
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}} // no idle connection left for goleak
+	resp, err := client.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return string(body)
 }
 
 // watchedBuffer is a buffer safe for concurrent use that closes found once
