@@ -91,6 +91,13 @@ type WatchOp[V Value] interface {
 	// context's error on Error(). An error returned by handle, a closed
 	// client or an authentication error also stop it with one error on
 	// Error(); every other failure is retried.
+	//
+	// The watch logs its recovery through the client's logger
+	// (clientv3.Config.Logger): a resume at debug, a re-read after
+	// compaction at info, a stream cancelled for a lagging handler at warn,
+	// and a run that stopped on its own at error (Close logs nothing). Each
+	// line has the key or prefix, the revision delivered so far and the
+	// cause. A Cache's watch logs the same way.
 	Watch(ctx context.Context, handle func(e *Event[V]) error) error
 	// Close cancels the active watch and enables callers to use Watch again.
 	// It returns once the watch goroutine has exited, and nothing is sent on
