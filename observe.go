@@ -53,7 +53,6 @@ func (t opTimer) done(err *error) {
 // ops' own sentinels, so that one is tested first; an op run alone returns
 // its own sentinel only.
 func outcomeOf(err error) observe.Outcome {
-	var invalid invalidError
 	switch {
 	case err == nil:
 		return observe.OK
@@ -67,10 +66,18 @@ func outcomeOf(err error) observe.Outcome {
 		return observe.VersionMismatch
 	case errors.Is(err, ErrNotFound):
 		return observe.NotFound
-	case errors.As(err, &invalid) || errors.Is(err, errNilValue):
+	case isInvalid(err):
 		return observe.Invalid
 	}
 	return observe.Error
+}
+
+// isInvalid reports an op refused for what its caller gave it. (Its target
+// escapes to the heap: declared in outcomeOf, it would cost an allocation
+// on every op, failed or not.)
+func isInvalid(err error) bool {
+	var invalid invalidError
+	return errors.As(err, &invalid) || errors.Is(err, errNilValue)
 }
 
 // invalidError is an op refused before any request because of what the

@@ -63,7 +63,7 @@ package storageprom
 import (
 	"fmt"
 	"strconv"
-	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -116,27 +116,17 @@ type collector struct {
 	cacheItems, cacheRevision, leases *prometheus.Desc
 
 	// The op series are made on first use, so that only the pairs of op
-	// and outcome that occur are exported; resolving a label pair on every
-	// op would cost more than a cache read.
-	opSeries [observe.NumOps][observe.NumOutcomes]lazySeries[prometheus.Counter]
-	opTimes  [observe.NumOps]lazySeries[prometheus.Observer]
+	// and outcome that occur are exported, and kept: resolving labels on
+	// every op would cost a good part of a cache read. Two first uses at
+	// once both store the series the vec gives them, which is the same.
+	opSeries [observe.NumOps][observe.NumOutcomes]atomic.Pointer[prometheus.Counter]
+	opTimes  [observe.NumOps]atomic.Pointer[prometheus.Observer]
 }
 
 var (
 	_ observe.Observer     = (*collector)(nil)
 	_ prometheus.Collector = (*collector)(nil)
 )
-
-// lazySeries is a series made by its first get.
-type lazySeries[T any] struct {
-	once sync.Once
-	s    T
-}
-
-func (l *lazySeries[T]) get(make func() T) T {
-	l.once.Do(func() { l.s = make() })
-	return l.s
-}
 
 func newCollector() *collector {
 	c := &collector{
@@ -227,12 +217,28 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 
 // Operation implements observe.Observer.
 func (c *collector) Operation(op observe.Op, outcome observe.Outcome, elapsed time.Duration) {
-	c.opSeries[op][outcome].get(func() prometheus.Counter {
-		return c.ops.WithLabelValues(op.String(), outcome.String())
-	}).Inc()
-	c.opTimes[op].get(func() prometheus.Observer {
-		return c.durations.WithLabelValues(op.String())
-	}).Observe(elapsed.Seconds())
+	c.opCounter(op, outcome).Inc()
+	c.opDuration(op).Observe(elapsed.Seconds())
+}
+
+func (c *collector) opCounter(op observe.Op, outcome observe.Outcome) prometheus.Counter {
+	p := &c.opSeries[op][outcome]
+	if s := p.Load(); s != nil {
+		return *s
+	}
+	s := c.ops.WithLabelValues(op.String(), outcome.String())
+	p.Store(&s)
+	return s
+}
+
+func (c *collector) opDuration(op observe.Op) prometheus.Observer {
+	p := &c.opTimes[op]
+	if s := p.Load(); s != nil {
+		return *s
+	}
+	s := c.durations.WithLabelValues(op.String())
+	p.Store(&s)
+	return s
 }
 
 // WatchEvents implements observe.Observer.
