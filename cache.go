@@ -25,9 +25,20 @@ import (
 // Txn. Writes and watch events for one key are ordered by etcd revision: an
 // older one never overwrites a newer one.
 //
+// A cache answers as a read from etcd at the cache's revision would. A key
+// whose stored bytes cannot be decoded makes Get of it, and GetPrefix over
+// it, fail with the decode error naming the key.
+//
 // A cache never serves silently stale data: reads before Start, after Stop,
 // and after the watch stopped on its own (context ended, closed client)
-// return an error.
+// return an error. Writes before Start and after Stop are refused with an
+// error, and so are writes of a key or prefix outside the cache's prefix.
+// DeleteByKey of a key outside the prefix is the exception: it deletes the
+// key in etcd, started or not, and leaves the cache alone.
+//
+// Every method may be called from any goroutine, concurrently with any
+// other: two Stop calls at once, a Start while a Stop is in progress, reads
+// during Start or Stop. None panics, leaks a goroutine or loses an error.
 type Cache[V Value] interface {
 	// Start loads the prefix and keeps it current with a watch that follows
 	// every rule of [WatchOp.Watch], including re-reading after a

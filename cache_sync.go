@@ -1,7 +1,7 @@
 package storage
 
 // Freshness of a cache: its revision, waits for a revision, a linearizable
-// barrier (Sync) and a check against etcd (Verify).
+// barrier, which is Sync, and a check against etcd, which is Verify.
 
 import (
 	"context"

@@ -137,11 +137,20 @@ func (b *blockingHandler) handle(e *storage.Event[*host]) error {
 	return nil
 }
 
-// waitClosesBlocked waits until n Close calls are blocked in the library; it
-// fails the test if one of the calls returned first (a Close that does not
-// wait for the run's goroutine).
-func waitClosesBlocked(t *testing.T, n int, returned <-chan bool) {
+// goBlockedCloses calls stop (a Close or Stop) from n goroutines and waits
+// until all n calls are blocked in the library. It fails the test if one of
+// the calls returned first (a Close that does not wait for the run's
+// goroutine). Each goroutine sends after() on the returned channel once its
+// call returned.
+func goBlockedCloses(t *testing.T, n int, stop func(), after func() bool) <-chan bool {
 	t.Helper()
+	returned := make(chan bool, n)
+	for range n {
+		go func() {
+			stop()
+			returned <- after()
+		}()
+	}
 	var early bool
 	require.Eventually(t, func() bool {
 		if len(returned) > 0 {
@@ -151,6 +160,7 @@ func waitClosesBlocked(t *testing.T, n int, returned <-chan bool) {
 		return goroutinesIn(closeFrame) >= n
 	}, waitTimeout, time.Millisecond, "%d Close calls blocked", n)
 	require.False(t, early, "a Close or Stop returned while its run was still in progress")
+	return returned
 }
 
 func TestLifecycleConcurrentClosesAllWaitForTheRunToExit(t *testing.T) {
@@ -166,14 +176,7 @@ func TestLifecycleConcurrentClosesAllWaitForTheRunToExit(t *testing.T) {
 	waitSignal(t, b.blocked, "handler blocked")
 
 	t.Log("phase 1: two Close calls while the handler blocks; neither may return")
-	returned := make(chan bool, 2)
-	for range 2 {
-		go func() {
-			op.Close()
-			returned <- b.returned.Load()
-		}()
-	}
-	waitClosesBlocked(t, 2, returned)
+	returned := goBlockedCloses(t, 2, op.Close, b.returned.Load)
 
 	t.Log("phase 2: release the handler; both Close calls return after it")
 	b.unblock()
@@ -205,12 +208,7 @@ func TestLifecycleWatchDuringCloseIsRefusedAndLaterErrorsAreKept(t *testing.T) {
 	waitSignal(t, b.blocked, "handler blocked")
 
 	t.Log("phase 1: Watch while a Close waits for the handler is refused")
-	returned := make(chan bool, 1)
-	go func() {
-		op.Close()
-		returned <- b.returned.Load()
-	}()
-	waitClosesBlocked(t, 1, returned)
+	returned := goBlockedCloses(t, 1, op.Close, b.returned.Load)
 	err := op.Watch(ctx, count(func(*storage.Event[*host]) error { return nil }))
 	require.ErrorIs(t, err, storage.ErrWatchAlreadyInProgress)
 
@@ -313,14 +311,7 @@ func TestLifecycleConcurrentStopsAllWaitForAStartInProgress(t *testing.T) {
 	waitSignal(t, gate.blocked, "Start's read sent")
 
 	t.Log("phase 2: two Stop calls (a shutdown path and a deferred Stop) and a Start")
-	returned := make(chan bool, 2)
-	for range 2 {
-		go func() {
-			c.Stop()
-			returned <- true
-		}()
-	}
-	waitClosesBlocked(t, 2, returned)
+	returned := goBlockedCloses(t, 2, c.Stop, func() bool { return true })
 	require.ErrorIs(t, c.Start(ctx), storage.ErrWatchAlreadyInProgress, "Start while a Stop waits for the run")
 
 	t.Log("phase 3: etcd answers; the stopped Start returns and so do both Stops")
@@ -337,6 +328,22 @@ func TestLifecycleConcurrentStopsAllWaitForAStartInProgress(t *testing.T) {
 	got, err := c.GetPrefix("").Exec(ctx)
 	require.NoError(t, err)
 	require.Equal(t, []*host{hostWithVersion("lc/a", 1, 1)}, got)
+}
+
+// hammerRound runs one round of a hammer test: lifecycleCallers goroutines
+// each make lifecycleCalls calls of call, with a generator seeded by the
+// round and the goroutine. It returns once every goroutine has returned.
+func hammerRound(round int, call func(rng *rand.Rand)) {
+	var wg sync.WaitGroup
+	for g := range lifecycleCallers {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(round), uint64(g)))
+			for range lifecycleCalls {
+				call(rng)
+			}
+		})
+	}
+	wg.Wait()
 }
 
 // violationLog collects what hammer goroutines found wrong; they
@@ -408,18 +415,7 @@ func TestLifecycleCacheUnderConcurrentStartStopReadsAndWrites(t *testing.T) {
 	start := time.Now()
 	rounds := 0
 	for ; rounds < lifecycleMaxRounds && time.Since(start) < lifecycleBudget; rounds++ {
-		var wg sync.WaitGroup
-		for g := range lifecycleCallers {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				rng := rand.New(rand.NewPCG(uint64(rounds), uint64(g)))
-				for range lifecycleCalls {
-					call(rng)
-				}
-			}()
-		}
-		wg.Wait()
+		hammerRound(rounds, call)
 
 		// Settled: whether a run is left or not, Start then reads work.
 		err := c.Start(ctx)
@@ -560,22 +556,13 @@ func TestLifecycleWatchUnderConcurrentWatchCloseAndHandlerCloses(t *testing.T) {
 	rounds := 0
 	for ; rounds < lifecycleMaxRounds && time.Since(start) < lifecycleBudget; rounds++ {
 		h.calm.Store(false)
-		var wg sync.WaitGroup
-		for g := range lifecycleCallers {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				rng := rand.New(rand.NewPCG(uint64(rounds), uint64(g)))
-				for range lifecycleCalls {
-					if rng.IntN(2) == 0 {
-						h.watch()
-					} else {
-						h.op.Close()
-					}
-				}
-			}()
-		}
-		wg.Wait()
+		hammerRound(rounds, func(rng *rand.Rand) {
+			if rng.IntN(2) == 0 {
+				h.watch()
+			} else {
+				h.op.Close()
+			}
+		})
 		h.calm.Store(true)
 		checkSettledWatch(t, h, client, fmt.Sprintf("%ssentinel-%d", p, rounds))
 		bad.require(t)
