@@ -39,7 +39,7 @@ const (
 )
 
 // goroutinesIn counts the goroutines whose stack holds a frame of fn (a
-// qualified function name such as "storage.(*watcher).close"). It lets a
+// qualified function name such as "storage.(*runs).close"). It lets a
 // test wait until calls are blocked inside the library without sleeping.
 func goroutinesIn(fn string) int {
 	buf := make([]byte, 1<<20)
@@ -61,7 +61,7 @@ func goroutinesIn(fn string) int {
 }
 
 // closeFrame is the frame every Close and Stop waits in.
-const closeFrame = "storage.(*watcher).close"
+const closeFrame = "storage.(*runs).close"
 
 // startHostWriter has lifecycleWriters goroutines put new values to
 // lifecycleKeys keys under prefix, all in one txn, again and again until the
