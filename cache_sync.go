@@ -285,15 +285,7 @@ func (c *cache[V]) snapshot() (cacheSnapshot, error) {
 // deletedLater reports whether a write-through delete after the snapshot's
 // revision removed key from the cache.
 func (s cacheSnapshot) deletedLater(key string) bool {
-	if s.tombstones[key] > s.rev {
-		return true
-	}
-	for _, t := range s.ranges {
-		if t.revision > s.rev && key >= t.start && key < t.end {
-			return true
-		}
-	}
-	return false
+	return deletedAfter(s.tombstones, s.ranges, key, s.rev)
 }
 
 // storedModRevisions reads every key under the prefix at rev, keys only, in

@@ -39,7 +39,7 @@ const (
 )
 
 // goroutinesIn counts the goroutines whose stack holds a frame of fn (a
-// qualified function name such as "storage.(*watcher).close"). It lets a
+// qualified function name such as "storage.(*runs).close"). It lets a
 // test wait until calls are blocked inside the library without sleeping.
 func goroutinesIn(fn string) int {
 	buf := make([]byte, 1<<20)
@@ -61,7 +61,7 @@ func goroutinesIn(fn string) int {
 }
 
 // closeFrame is the frame every Close and Stop waits in.
-const closeFrame = "storage.(*watcher).close"
+const closeFrame = "storage.(*runs).close"
 
 // startHostWriter has lifecycleWriters goroutines put new values to
 // lifecycleKeys keys under prefix, all in one txn, again and again until the
@@ -630,4 +630,133 @@ func checkSettledWatch(t *testing.T, h *watchHammer, client *clientv3.Client, se
 		defer h.mu.Unlock()
 		return h.sentinels[run] == sentinel
 	}, waitTimeout, time.Millisecond, "run %d is in progress but does not deliver", run)
+}
+
+// subscriptionHammer is a cache subscription of the subscription hammer:
+// its handler checks that no two of its runs' handlers overlap, and
+// records the sentinels it receives.
+type subscriptionHammer struct {
+	op       storage.WatchOp[*host]
+	active   atomic.Int32
+	sentinel atomic.Value // the last sentinel key received
+}
+
+func (s *subscriptionHammer) handler(bad *violationLog, calm *atomic.Bool, rng *rand.Rand) func(e *storage.Event[*host]) error {
+	var mu sync.Mutex // guards rng, should two handlers overlap (a bug reported above)
+	return func(e *storage.Event[*host]) error {
+		if s.active.Add(1) > 1 {
+			bad.add("%s: two handlers at once", e.Key)
+		}
+		defer s.active.Add(-1)
+		if strings.Contains(e.Key, "sentinel") {
+			s.sentinel.Store(e.Key)
+		}
+		if calm.Load() {
+			return nil
+		}
+		mu.Lock()
+		n := rng.IntN(40)
+		mu.Unlock()
+		switch n {
+		case 0:
+			return errors.New("boom")
+		case 1:
+			s.op.Close()
+		}
+		return nil
+	}
+}
+
+func TestLifecycleCacheSubscriptionsUnderConcurrentWatchCloseStartAndStop(t *testing.T) {
+	verifyNoLeaks(t)
+	client := newClient(t)
+	ctx := testContext(t)
+	const p = "/lc/"
+	startHostWriter(ctx, t, client, p)
+	c := storage.NewCache(client, p, keyOfHost)
+	t.Cleanup(c.Stop)
+	var bad violationLog
+	var calm atomic.Bool
+	subs := make([]*subscriptionHammer, 3)
+	for i := range subs {
+		subs[i] = &subscriptionHammer{op: c.Watch(fmt.Sprintf("/lc/%s", []string{"", "s0", "s1"}[i]))}
+		t.Cleanup(subs[i].op.Close)
+	}
+	// Errors a run may end with: its handler's, or the Stop of its cache.
+	allowed := func(err error) bool {
+		return err == nil || errors.Is(err, storage.ErrWatchAlreadyInProgress) ||
+			strings.Contains(err.Error(), "boom") || strings.Contains(err.Error(), "cache not started") ||
+			strings.Contains(err.Error(), "cache stopped")
+	}
+	drainCtx, stopDrain := context.WithCancel(ctx)
+	var drains sync.WaitGroup
+	for _, s := range subs {
+		drains.Add(1)
+		go func() {
+			defer drains.Done()
+			for {
+				select {
+				case <-drainCtx.Done():
+					return
+				case err := <-s.op.Error():
+					if !allowed(err) {
+						bad.add("Error(): %v", err)
+					}
+				}
+			}
+		}()
+	}
+	t.Cleanup(func() { stopDrain(); drains.Wait() })
+
+	call := func(rng *rand.Rand) {
+		s := subs[rng.IntN(len(subs))]
+		switch rng.IntN(6) {
+		case 0:
+			if err := c.Start(ctx); err != nil && !errors.Is(err, storage.ErrWatchAlreadyInProgress) {
+				bad.add("Start: %v", err)
+			}
+		case 1:
+			c.Stop()
+		case 2, 3:
+			if err := s.op.Watch(ctx, s.handler(&bad, &calm, rand.New(rand.NewPCG(rng.Uint64(), 1)))); !allowed(err) {
+				bad.add("Watch: %v", err)
+			}
+		case 4:
+			s.op.Close()
+		case 5:
+			if _, err := c.GetPrefix("").Exec(ctx); err != nil && !strings.Contains(err.Error(), "cache not started") {
+				bad.add("GetPrefix: %v", err)
+			}
+		}
+	}
+
+	start := time.Now()
+	rounds := 0
+	for ; rounds < lifecycleMaxRounds && time.Since(start) < lifecycleBudget; rounds++ {
+		calm.Store(false)
+		hammerRound(rounds, call)
+		bad.require(t)
+
+		// Settled: with the cache started, every subscription watches
+		// again after Close and delivers a new sentinel.
+		calm.Store(true)
+		if err := c.Start(ctx); err != nil {
+			require.ErrorIs(t, err, storage.ErrWatchAlreadyInProgress, "round %d", rounds)
+		}
+		for _, s := range subs {
+			s.op.Close()
+			require.NoError(t, s.op.Watch(ctx, s.handler(&bad, &calm, rand.New(rand.NewPCG(uint64(rounds), 2)))), "round %d", rounds)
+		}
+		sentinel := fmt.Sprintf("%ss%d/sentinel-%d", p, rounds%2, rounds)
+		putNamed(t, client, sentinel, "s")
+		for i, s := range subs {
+			if i == 2-rounds%2 { // the subscription of the other sub-prefix
+				continue
+			}
+			require.Eventually(t, func() bool { return s.sentinel.Load() == sentinel }, waitTimeout, pollInterval,
+				"round %d: subscription %d does not deliver", rounds, i)
+		}
+	}
+	t.Logf("%d rounds in %v", rounds, time.Since(start).Round(time.Millisecond))
+	bad.require(t)
 }

@@ -143,7 +143,10 @@ func NewWatchOp[V Value](client *clientv3.Client, key string, options ...clientv
 
 // NewWatchPrefixOp returns an operation that watches every key under prefix.
 // A trailing slash is added to a non-empty prefix if missing, so "/a" never
-// watches "/ab". Options are checked as for [NewWatchOp].
+// watches "/ab". Options are checked as for [NewWatchOp]. Each WatchOp has
+// an etcd watch of its own; handlers that also read a [Cache] of the
+// prefix, or many handlers of one prefix, are better served by
+// [Cache.Watch], whose subscriptions share the cache's watch.
 func NewWatchPrefixOp[V Value](client *clientv3.Client, prefix string, options ...clientv3.OpOption) WatchOp[V] {
 	return &watchOp[V]{w: newWatcher(client, withTrailingSlash(prefix), true, options)}
 }
