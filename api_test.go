@@ -190,6 +190,8 @@ type (
 		WaitForRevision(ctx context.Context, rev int64) error
 		Sync(ctx context.Context) error
 		Verify(ctx context.Context) error
+		// Issue 21: subscriptions fed by the cache's watch.
+		Watch(prefix string) storage.WatchOp[*host]
 	}
 )
 

@@ -14,7 +14,7 @@ import (
 )
 
 // The benchmark payloads are defined once, here, and used by every pair: the
-// white-box benchmarks below and the black-box ones in bench_test.go (the
+// white-box benchmarks below and the black-box ones in bench_*_test.go (the
 // names are exported from the test build only, as export_test.go does).
 
 // BenchSmall is the small payload: six fields, about 150 bytes of JSON, so

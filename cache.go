@@ -27,9 +27,20 @@ import (
 // Txn. Writes and watch events for one key are ordered by etcd revision: an
 // older one never overwrites a newer one.
 //
+// A cache answers as a read from etcd at the cache's revision would. A key
+// whose stored bytes cannot be decoded makes Get of it, and GetPrefix over
+// it, fail with the decode error naming the key.
+//
 // A cache never serves silently stale data: reads before Start, after Stop,
 // and after the watch stopped on its own (context ended, closed client)
-// return an error.
+// return an error. Writes before Start and after Stop are refused with an
+// error, and so are writes of a key or prefix outside the cache's prefix.
+// DeleteByKey of a key outside the prefix is the exception: it deletes the
+// key in etcd, started or not, and leaves the cache alone.
+//
+// Every method may be called from any goroutine, concurrently with any
+// other: two Stop calls at once, a Start while a Stop is in progress, reads
+// during Start or Stop. None panics, leaks a goroutine or loses an error.
 type Cache[V Value] interface {
 	// Start loads the prefix and keeps it current with a watch that follows
 	// every rule of [WatchOp.Watch], including re-reading after a
@@ -116,6 +127,46 @@ type Cache[V Value] interface {
 	// Keys written or deleted through the cache at revisions its watch has
 	// not reached are not compared. Verify fails as WaitForRevision does.
 	Verify(ctx context.Context) error
+	// Watch returns a WatchOp fed by the cache's own watch for the keys under
+	// prefix, which must lie inside the cache's prefix ("" for all of them;
+	// a trailing slash is added if missing). However many subscriptions a
+	// cache has, it keeps one etcd watch. Use it where a handler wants the
+	// changes of what the cache holds; use [NewWatchPrefixOp] for a watch
+	// without a cache.
+	//
+	// The WatchOp keeps the contract of [WatchOp], with these specifics.
+	// Watch fails with the cause when the cache is not started or its watch
+	// has stopped, and with an error when prefix lies outside the cache's.
+	// Otherwise handle first gets a put for every item under the prefix, in
+	// key order, with Revision set to the cache's revision at that moment,
+	// then every change after that revision that the cache's watch applies,
+	// once each, in revision order. A change reaches handle only after the
+	// cache has applied it: inside handle, the cache's Get of e.Key returns
+	// the event's value or a newer one, and Revision() is at least
+	// e.Revision. Writes through the cache are not events until the cache's
+	// watch delivers them. A key written through the cache at a revision
+	// its watch has not reached is left out of the initial puts; the event
+	// of that write brings it.
+	//
+	// After a re-read of the cache (compaction, or a difference Verify
+	// found), handle gets the difference between what it was given and the
+	// cache's contents: puts for new or changed keys, deletes for keys that
+	// vanished, with Revision set to the cache's revision.
+	//
+	// A slow handler never blocks the cache, its other subscriptions or the
+	// writers: each run of the WatchOp holds at most 1,000 undelivered
+	// events. Past that it drops them and, once handle has returned, is
+	// brought up to date from the cache's contents as after a re-read, so
+	// memory per subscription stays bounded and only intermediate versions
+	// are lost. Decoding errors reach handle as error events naming the key.
+	//
+	// ctx governs the run's goroutine as for [WatchOp.Watch]. Stop ends
+	// every run with an error on its Error() saying the cache stopped; a
+	// cache whose watch stopped on its own ends them with an error wrapping
+	// that cause. A run that ended so is in progress until Close, as any
+	// WatchOp run that stopped on its own. Close, Error and PropagateErrors
+	// behave as for [WatchOp], Close from inside handle included.
+	Watch(prefix string) WatchOp[V]
 }
 
 // writeThrough is what a cache's write ops call: checkWrite before the
@@ -126,8 +177,12 @@ type writeThrough interface {
 	writeDelete(key string, prefix bool, revision int64)
 }
 
-// errNotStarted answers reads and writes of a cache before Start.
-var errNotStarted = errors.New("cache not started")
+var (
+	// errNotStarted answers reads and writes of a cache before Start.
+	errNotStarted = errors.New("cache not started")
+	// errCacheStopped ends the subscriptions of a cache that Stop stopped.
+	errCacheStopped = errors.New("cache stopped")
+)
 
 // entry is a cached key: its stored bytes and metadata. Values are decoded
 // on every read, which gives each caller a fresh instance and answers
@@ -166,6 +221,10 @@ type cache[V Value] struct {
 	tombstones      map[string]int64 // key -> delete revision
 	rangeTombstones []rangeTombstone
 	resets          int64 // reads delivered by the watch (reset calls)
+	// subs are the runs of the cache's subscriptions (Watch): apply hands
+	// them what it applied, under mu, so that they see the cache's changes
+	// in its order and only once it holds them.
+	subs map[*subscriber[V]]struct{}
 	// changed is closed and set to nil when rev moves, the watch stops, the
 	// cache is reset or stopped; nil while nobody waits (see waitFor).
 	changed chan struct{}
@@ -316,15 +375,24 @@ func (c *cache[V]) putLocked(e *entry) {
 	if old, ok := c.items.Get(e); ok && old.modRevision >= e.modRevision {
 		return
 	}
-	if c.tombstones[e.key] > e.modRevision {
+	if deletedAfter(c.tombstones, c.rangeTombstones, e.key, e.modRevision) {
 		return
 	}
-	for _, t := range c.rangeTombstones {
-		if t.revision > e.modRevision && e.key >= t.start && e.key < t.end {
-			return
+	c.items.ReplaceOrInsert(e)
+}
+
+// deletedAfter reports whether a write-through delete at a later revision
+// than rev, among tombstones and ranges, covers key.
+func deletedAfter(tombstones map[string]int64, ranges []rangeTombstone, key string, rev int64) bool {
+	if tombstones[key] > rev {
+		return true
+	}
+	for _, t := range ranges {
+		if t.revision > rev && key >= t.start && key < t.end {
+			return true
 		}
 	}
-	c.items.ReplaceOrInsert(e)
+	return false
 }
 
 // deleteLocked removes key as of revision unless its entry is newer.
@@ -395,6 +463,9 @@ func (c *cache[V]) reset(_ context.Context, kvs []*mvccpb.KeyValue, rev int64) e
 	c.resets++
 	c.signalLocked()
 	c.passedLocked(rev)
+	for s := range c.subs {
+		s.resyncLater() // the difference from what each delivered
+	}
 	return nil
 }
 
@@ -411,6 +482,9 @@ func (c *cache[V]) apply(_ context.Context, events []*clientv3.Event) error {
 		c.putLocked(newEntry(ev.Kv))
 	}
 	c.passedLocked(events[len(events)-1].Kv.ModRevision)
+	for s := range c.subs {
+		s.push(events)
+	}
 	return nil
 }
 
@@ -427,6 +501,7 @@ func (c *cache[V]) stopped(err error) {
 	defer c.mu.Unlock()
 	c.err = err
 	c.signalLocked()
+	c.endSubscriptionsLocked(fmt.Errorf("cache %s: watch stopped: %w", c.prefix, err))
 }
 
 // ended empties the cache once its run has ended (sink): the next Start
@@ -438,6 +513,7 @@ func (c *cache[V]) ended() {
 	c.started, c.err, c.items, c.rev = false, nil, nil, 0
 	c.tombstones, c.rangeTombstones = nil, nil
 	c.signalLocked()
+	c.endSubscriptionsLocked(fmt.Errorf("cache %s: %w", c.prefix, errCacheStopped))
 }
 
 func newEntry(kv *mvccpb.KeyValue) *entry {
@@ -491,25 +567,16 @@ func (g cacheGetPrefixOp[V]) Exec(context.Context) (_ []V, err error) {
 	if !strings.HasPrefix(prefix, g.c.prefix) {
 		return nil, invalidf("get prefix %s: outside the cache's prefix %s", prefix, g.c.prefix)
 	}
-	start, end := prefixRange(prefix)
 	var found []*entry
 	g.c.mu.RLock()
 	if err := g.c.readableLocked(); err != nil {
 		g.c.mu.RUnlock()
 		return nil, fmt.Errorf("get prefix %s: %w", prefix, err)
 	}
-	collect := func(e *entry) bool {
+	g.c.ascendLocked(prefix, func(e *entry) bool {
 		found = append(found, e)
 		return true
-	}
-	if end == "\x00" {
-		// prefixRange's end for the empty prefix (a cache of the whole
-		// keyspace) means "to the end", as in etcd; as a btree bound it
-		// would select nothing.
-		g.c.items.AscendGreaterOrEqual(&entry{key: start}, collect)
-	} else {
-		g.c.items.AscendRange(&entry{key: start}, &entry{key: end}, collect)
-	}
+	})
 	g.c.mu.RUnlock()
 	if len(found) == 0 {
 		return nil, nil
@@ -523,4 +590,18 @@ func (g cacheGetPrefixOp[V]) Exec(context.Context) (_ []V, err error) {
 		out[i] = v
 	}
 	return out, nil
+}
+
+// ascendLocked calls fn for the cached entries under prefix, in key order,
+// until it returns false.
+func (c *cache[V]) ascendLocked(prefix string, fn func(e *entry) bool) {
+	start, end := prefixRange(prefix)
+	if end == "\x00" {
+		// prefixRange's end for the empty prefix (a cache of the whole
+		// keyspace) means "to the end", as in etcd; as a btree bound it
+		// would select nothing.
+		c.items.AscendGreaterOrEqual(&entry{key: start}, fn)
+		return
+	}
+	c.items.AscendRange(&entry{key: start}, &entry{key: end}, fn)
 }

@@ -103,6 +103,21 @@ func newCutProxy(t *testing.T, target string) *cutProxy {
 
 func (p *cutProxy) endpoint() string { return "http://" + p.ln.Addr().String() }
 
+// cutProxyClientConfig is the configuration of a client that reaches etcd
+// through p.
+func cutProxyClientConfig(p *cutProxy) clientv3.Config {
+	return clientv3.Config{
+		Endpoints:   []string{p.endpoint()},
+		DialTimeout: 5 * time.Second,
+		// Reconnect quickly once the proxy is restored (gRPC's default
+		// first backoff is a second, growing to two minutes).
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 20 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 200 * time.Millisecond},
+			MinConnectTimeout: time.Second,
+		})},
+	}
+}
+
 func (p *cutProxy) accept() {
 	for {
 		in, err := p.ln.Accept()
@@ -180,16 +195,7 @@ func TestCacheConvergesAfterChurnAndCompaction(t *testing.T) {
 	client := s.Client()
 	ctx := testContext(t)
 	p := newCutProxy(t, strings.TrimPrefix(s.Endpoints()[0], "http://"))
-	cacheClient := newExtraClient(t, s, clientv3.Config{
-		Endpoints:   []string{p.endpoint()},
-		DialTimeout: 5 * time.Second,
-		// Reconnect quickly once the proxy is restored (gRPC's default
-		// first backoff is a second, growing to two minutes).
-		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff:           backoff.Config{BaseDelay: 20 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 200 * time.Millisecond},
-			MinConnectTimeout: time.Second,
-		})},
-	})
+	cacheClient := newExtraClient(t, s, cutProxyClientConfig(p))
 	rng := rand.New(rand.NewPCG(1, 2))
 
 	t.Log("phase 1: churn while the cache watches")

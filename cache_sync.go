@@ -1,7 +1,7 @@
 package storage
 
 // Freshness of a cache: its revision, waits for a revision, a linearizable
-// barrier (Sync) and a check against etcd (Verify).
+// barrier, which is Sync, and a check against etcd, which is Verify.
 
 import (
 	"context"
@@ -285,15 +285,7 @@ func (c *cache[V]) snapshot() (cacheSnapshot, error) {
 // deletedLater reports whether a write-through delete after the snapshot's
 // revision removed key from the cache.
 func (s cacheSnapshot) deletedLater(key string) bool {
-	if s.tombstones[key] > s.rev {
-		return true
-	}
-	for _, t := range s.ranges {
-		if t.revision > s.rev && key >= t.start && key < t.end {
-			return true
-		}
-	}
-	return false
+	return deletedAfter(s.tombstones, s.ranges, key, s.rev)
 }
 
 // storedModRevisions reads every key under the prefix at rev, keys only, in

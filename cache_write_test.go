@@ -14,6 +14,7 @@ import (
 	"github.com/etcdkit/storage"
 	"github.com/etcdkit/storage/storagetest"
 	"github.com/stretchr/testify/require"
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 )
@@ -126,14 +127,15 @@ func requireWritten(ctx context.Context, t *testing.T, client *clientv3.Client, 
 // (as a stream interceptor) while it is held. Requests still go through, so
 // what a cache shows while its watch is held is its write-through alone.
 type streamGate struct {
-	step chan struct{} // each receive lets one held response through; never closed
-
-	mu   sync.Mutex    // protects open
-	open chan struct{} // closed while the gate lets responses through
+	mu     sync.Mutex    // protects the fields below
+	open   chan struct{} // closed while the gate lets responses through
+	wake   chan struct{} // closed and replaced when passUntil changes
+	until  string        // while held, responses pass up to the first with an event on this key
+	passed chan struct{} // closed once the response with an event on until passed
 }
 
 func newStreamGate() *streamGate {
-	g := &streamGate{open: make(chan struct{}), step: make(chan struct{})}
+	g := &streamGate{open: make(chan struct{}), wake: make(chan struct{})}
 	close(g.open)
 	return g
 }
@@ -172,20 +174,49 @@ func (g *streamGate) release() {
 	}
 }
 
-// next lets exactly one held response through.
-func (g *streamGate) next(t *testing.T) {
+// passUntil lets held responses through, in the stream's order, up to and
+// including the first one with an event on key, and holds the rest. Responses
+// held before it (a late event of an earlier write, a progress notification)
+// pass too: they precede key's change in the stream, so no later change
+// passes with them.
+func (g *streamGate) passUntil(t *testing.T, key string) {
 	t.Helper()
+	g.mu.Lock()
+	g.until, g.passed = key, make(chan struct{})
+	passed := g.passed
+	close(g.wake)
+	g.wake = make(chan struct{})
+	g.mu.Unlock()
 	select {
-	case g.step <- struct{}{}:
+	case <-passed:
 	case <-time.After(waitTimeout):
-		t.Fatal("no held watch response to let through")
+		t.Fatalf("no watch response with an event on %s arrived", key)
 	}
 }
 
-func (g *streamGate) opened() <-chan struct{} {
+// admit reports whether the response m may pass now, and else a channel that
+// is closed when that may have changed.
+func (g *streamGate) admit(m any) (bool, <-chan struct{}, <-chan struct{}) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return g.open
+	select {
+	case <-g.open:
+		return true, nil, nil
+	default:
+	}
+	if g.until == "" {
+		return false, g.open, g.wake
+	}
+	if resp, ok := m.(*etcdserverpb.WatchResponse); ok {
+		for _, ev := range resp.Events {
+			if string(ev.Kv.Key) == g.until {
+				g.until = ""
+				close(g.passed)
+				break
+			}
+		}
+	}
+	return true, nil, nil
 }
 
 // gatedStream is a watch stream whose responses wait for the gate.
@@ -196,12 +227,18 @@ type gatedStream struct {
 
 func (s *gatedStream) RecvMsg(m any) error {
 	err := s.ClientStream.RecvMsg(m)
-	select {
-	case <-s.gate.opened():
-	case <-s.gate.step:
-	case <-s.Context().Done(): // the watch was cancelled: nothing waits
+	for {
+		ok, open, wake := s.gate.admit(m)
+		if ok {
+			return err
+		}
+		select {
+		case <-open:
+		case <-wake:
+		case <-s.Context().Done(): // the watch was cancelled: nothing waits
+			return err
+		}
 	}
-	return err
 }
 
 // newGatedClient returns a client of s whose watch responses g holds.
@@ -349,7 +386,7 @@ func TestCacheWriteThroughOutranksOlderWatchEvents(t *testing.T) {
 			require.NoError(t, execWrite(ctx, t, tt.write))
 			requireHolds(t, "after the write")
 
-			gate.next(t) // the stale change's response only
+			gate.passUntil(t, marker) // up to the stale change's response, not the write's
 			require.Eventually(t, func() bool {
 				_, err := c.Get(marker).Exec(ctx)
 				return err == nil

@@ -4,8 +4,7 @@ package storage_test
 
 // Recorders of the chaos test (chaos_test.go): the ground truth, what each
 // watch delivered, the writes and their outcomes, cache reads, and the dump
-// of a failed run. They only record; chaos_check_test.go and chaos_test.go
-// judge.
+// of a failed run. They only record; chaos_judge_test.go judges.
 
 import (
 	"context"

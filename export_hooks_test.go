@@ -27,7 +27,15 @@ func SetCacheCanary[V Value](c Cache[V], name string) { c.(*cache[V]).w.hooks.ca
 // revision, lastRev 0 for the initial read, else the revision reached) and
 // before every resume after a failure (lastRev the revision it resumes after,
 // readRev 0).
+//
+// A cache subscription calls it before the items of its initial state and
+// of every difference it delivers from the cache's contents (lastRev the
+// revision it had delivered up to, readRev the cache's revision).
 func SetWatchRestartHook[V Value](op WatchOp[V], f func(lastRev, readRev int64)) {
+	if o, ok := op.(*cacheWatchOp[V]); ok {
+		o.hooks.onRestart = f
+		return
+	}
 	op.(*watchOp[V]).w.hooks.onRestart = f
 }
 

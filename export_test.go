@@ -21,14 +21,37 @@ func recoveryOf(w *watcher) Recovery {
 		MaxPending: w.maxPendingSeen.Load()}
 }
 
-// WatchRecovery returns the recovery counters of a WatchOp.
-func WatchRecovery[V Value](op WatchOp[V]) Recovery { return recoveryOf(op.(*watchOp[V]).w) }
+// WatchRecovery returns the recovery counters of a WatchOp. For a cache
+// subscription (Cache.Watch), Relists counts the differences delivered from
+// the cache's contents (after a re-read of the cache or an overflow) and
+// Backlogs the queues dropped because the handler lagged.
+func WatchRecovery[V Value](op WatchOp[V]) Recovery {
+	if o, ok := op.(*cacheWatchOp[V]); ok {
+		return Recovery{Relists: o.resyncs.Load(), Backlogs: o.overflows.Load()}
+	}
+	return recoveryOf(op.(*watchOp[V]).w)
+}
 
 // CacheRecovery returns the recovery counters of a Cache.
 func CacheRecovery[V Value](c Cache[V]) Recovery { return recoveryOf(c.(*cache[V]).w) }
 
-// SetMaxPending lowers the backlog bound of a WatchOp (before Watch).
-func SetMaxPending[V Value](op WatchOp[V], n int) { op.(*watchOp[V]).w.maxPending = n }
+// SetMaxPending lowers the backlog bound of a WatchOp or a cache
+// subscription (before Watch).
+func SetMaxPending[V Value](op WatchOp[V], n int) {
+	if o, ok := op.(*cacheWatchOp[V]); ok {
+		o.maxPending = n
+		return
+	}
+	op.(*watchOp[V]).w.maxPending = n
+}
+
+// CacheSubscribers returns how many runs of subscriptions a Cache feeds.
+func CacheSubscribers[V Value](c Cache[V]) int {
+	cc := c.(*cache[V])
+	cc.mu.RLock()
+	defer cc.mu.RUnlock()
+	return len(cc.subs)
+}
 
 // InitialReadAttempts is how often a watch's initial read starts over when
 // etcd compacts between its pages.

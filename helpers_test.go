@@ -362,13 +362,31 @@ func requireAckedEvents(t *testing.T, want []ackedWrite, got []*storage.Event[*h
 	}
 }
 
-// requireNotStopped checks that the watch has not stopped with an
-// error.
+// requireNoFault checks that no error is ready on errc, an Error()
+// channel: every fault of the fault tests is recoverable, and a recoverable
+// fault is not an error. A nil received passes.
+func requireNoFault(t *testing.T, errc <-chan error) {
+	t.Helper()
+	requireNothingSent(t, errc, false, "a recoverable fault must not be reported")
+}
+
+// requireNotStopped checks that nothing is ready on errc: what sent
+// anything, even a nil, has stopped.
 func requireNotStopped(t *testing.T, what string, errc <-chan error) {
+	t.Helper()
+	requireNothingSent(t, errc, true, what+" stopped")
+}
+
+// requireNothingSent checks, without waiting, that no error is ready on
+// errc; a ready nil fails only with nilFails. It fails the test with msg and
+// what it received.
+func requireNothingSent(t *testing.T, errc <-chan error, nilFails bool, msg string) {
 	t.Helper()
 	select {
 	case err := <-errc:
-		t.Fatalf("%s stopped: %v", what, err)
+		if err != nil || nilFails {
+			t.Fatalf("%s: %v", msg, err)
+		}
 	default:
 	}
 }
@@ -425,11 +443,28 @@ func loadBlobs(ctx context.Context, t testing.TB, client *clientv3.Client, prefi
 	}
 }
 
-// readLoop reads prefix with client until ctx ends, counting the reads
-// done in reads; it returns the first error.
+// readLoop reads and decodes prefix with client until ctx ends, counting
+// the reads done in reads; it returns the first error.
 func readLoop(ctx context.Context, client *clientv3.Client, prefix string, reads *atomic.Int64) error {
+	return loopReads(ctx, reads, func(ctx context.Context) error {
+		_, err := storage.NewGetPrefixOp[*namedBlob](client, prefix).Exec(ctx)
+		return err
+	})
+}
+
+// rawReadLoop is readLoop with the raw client: bytes only, no decoding.
+func rawReadLoop(ctx context.Context, client *clientv3.Client, prefix string, reads *atomic.Int64) error {
+	return loopReads(ctx, reads, func(ctx context.Context) error {
+		_, err := client.Get(ctx, prefix, clientv3.WithPrefix())
+		return err
+	})
+}
+
+// loopReads calls read until ctx ends, counting the reads done in reads; it
+// returns the first error that is not ctx's end.
+func loopReads(ctx context.Context, reads *atomic.Int64, read func(ctx context.Context) error) error {
 	for ctx.Err() == nil {
-		if _, err := storage.NewGetPrefixOp[*namedBlob](client, prefix).Exec(ctx); err != nil {
+		if err := read(ctx); err != nil {
 			if ctx.Err() != nil {
 				break
 			}

@@ -14,11 +14,11 @@ import (
 
 // How TTL puts share leases (the contract is PutOp.WithTTL's doc).
 //
-// The bound of WithTTL(d) holds for a new or a reused lease alike: the lease
-// has a TTL of ceil(d + 0.5s) seconds (so the key is gone at most that long
-// after Exec returns, plus etcd's expiry check), and it is handed out only
-// while it has at least d (plus leaseMargin) left, counted from before its
-// grant was sent, so the key lives at least d. That is counted from when the
+// The bound of WithTTL(d) holds for a new or a reused lease alike. The lease
+// has a TTL of ceil(d + 0.5s) seconds, so the key is gone at most that long
+// after Exec returns, plus etcd's expiry check. It is handed out only while
+// it has at least d plus leaseMargin left, counted from before its grant was
+// sent, so the key lives at least d. That is counted from when the
 // lease is handed out, which is after Exec or Commit was called, not from when
 // the request is sent: a Txn builds its ops one after another, and a later
 // op's lease grant delays the request that carries an earlier op's lease.

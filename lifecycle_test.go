@@ -39,7 +39,7 @@ const (
 )
 
 // goroutinesIn counts the goroutines whose stack holds a frame of fn (a
-// qualified function name such as "storage.(*watcher).close"). It lets a
+// qualified function name such as "storage.(*runs).close"). It lets a
 // test wait until calls are blocked inside the library without sleeping.
 func goroutinesIn(fn string) int {
 	buf := make([]byte, 1<<20)
@@ -61,7 +61,7 @@ func goroutinesIn(fn string) int {
 }
 
 // closeFrame is the frame every Close and Stop waits in.
-const closeFrame = "storage.(*watcher).close"
+const closeFrame = "storage.(*runs).close"
 
 // startHostWriter has lifecycleWriters goroutines put new values to
 // lifecycleKeys keys under prefix, all in one txn, again and again until the
@@ -137,11 +137,20 @@ func (b *blockingHandler) handle(e *storage.Event[*host]) error {
 	return nil
 }
 
-// waitClosesBlocked waits until n Close calls are blocked in the library; it
-// fails the test if one of the calls returned first (a Close that does not
-// wait for the run's goroutine).
-func waitClosesBlocked(t *testing.T, n int, returned <-chan bool) {
+// goBlockedCloses calls stop (a Close or Stop) from n goroutines and waits
+// until all n calls are blocked in the library. It fails the test if one of
+// the calls returned first (a Close that does not wait for the run's
+// goroutine). Each goroutine sends after() on the returned channel once its
+// call returned.
+func goBlockedCloses(t *testing.T, n int, stop func(), after func() bool) <-chan bool {
 	t.Helper()
+	returned := make(chan bool, n)
+	for range n {
+		go func() {
+			stop()
+			returned <- after()
+		}()
+	}
 	var early bool
 	require.Eventually(t, func() bool {
 		if len(returned) > 0 {
@@ -151,6 +160,7 @@ func waitClosesBlocked(t *testing.T, n int, returned <-chan bool) {
 		return goroutinesIn(closeFrame) >= n
 	}, waitTimeout, time.Millisecond, "%d Close calls blocked", n)
 	require.False(t, early, "a Close or Stop returned while its run was still in progress")
+	return returned
 }
 
 func TestLifecycleConcurrentClosesAllWaitForTheRunToExit(t *testing.T) {
@@ -166,14 +176,7 @@ func TestLifecycleConcurrentClosesAllWaitForTheRunToExit(t *testing.T) {
 	waitSignal(t, b.blocked, "handler blocked")
 
 	t.Log("phase 1: two Close calls while the handler blocks; neither may return")
-	returned := make(chan bool, 2)
-	for range 2 {
-		go func() {
-			op.Close()
-			returned <- b.returned.Load()
-		}()
-	}
-	waitClosesBlocked(t, 2, returned)
+	returned := goBlockedCloses(t, 2, op.Close, b.returned.Load)
 
 	t.Log("phase 2: release the handler; both Close calls return after it")
 	b.unblock()
@@ -205,12 +208,7 @@ func TestLifecycleWatchDuringCloseIsRefusedAndLaterErrorsAreKept(t *testing.T) {
 	waitSignal(t, b.blocked, "handler blocked")
 
 	t.Log("phase 1: Watch while a Close waits for the handler is refused")
-	returned := make(chan bool, 1)
-	go func() {
-		op.Close()
-		returned <- b.returned.Load()
-	}()
-	waitClosesBlocked(t, 1, returned)
+	returned := goBlockedCloses(t, 1, op.Close, b.returned.Load)
 	err := op.Watch(ctx, count(func(*storage.Event[*host]) error { return nil }))
 	require.ErrorIs(t, err, storage.ErrWatchAlreadyInProgress)
 
@@ -313,14 +311,7 @@ func TestLifecycleConcurrentStopsAllWaitForAStartInProgress(t *testing.T) {
 	waitSignal(t, gate.blocked, "Start's read sent")
 
 	t.Log("phase 2: two Stop calls (a shutdown path and a deferred Stop) and a Start")
-	returned := make(chan bool, 2)
-	for range 2 {
-		go func() {
-			c.Stop()
-			returned <- true
-		}()
-	}
-	waitClosesBlocked(t, 2, returned)
+	returned := goBlockedCloses(t, 2, c.Stop, func() bool { return true })
 	require.ErrorIs(t, c.Start(ctx), storage.ErrWatchAlreadyInProgress, "Start while a Stop waits for the run")
 
 	t.Log("phase 3: etcd answers; the stopped Start returns and so do both Stops")
@@ -337,6 +328,22 @@ func TestLifecycleConcurrentStopsAllWaitForAStartInProgress(t *testing.T) {
 	got, err := c.GetPrefix("").Exec(ctx)
 	require.NoError(t, err)
 	require.Equal(t, []*host{hostWithVersion("lc/a", 1, 1)}, got)
+}
+
+// hammerRound runs one round of a hammer test: lifecycleCallers goroutines
+// each make lifecycleCalls calls of call, with a generator seeded by the
+// round and the goroutine. It returns once every goroutine has returned.
+func hammerRound(round int, call func(rng *rand.Rand)) {
+	var wg sync.WaitGroup
+	for g := range lifecycleCallers {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(round), uint64(g)))
+			for range lifecycleCalls {
+				call(rng)
+			}
+		})
+	}
+	wg.Wait()
 }
 
 // violationLog collects what hammer goroutines found wrong; they
@@ -408,18 +415,7 @@ func TestLifecycleCacheUnderConcurrentStartStopReadsAndWrites(t *testing.T) {
 	start := time.Now()
 	rounds := 0
 	for ; rounds < lifecycleMaxRounds && time.Since(start) < lifecycleBudget; rounds++ {
-		var wg sync.WaitGroup
-		for g := range lifecycleCallers {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				rng := rand.New(rand.NewPCG(uint64(rounds), uint64(g)))
-				for range lifecycleCalls {
-					call(rng)
-				}
-			}()
-		}
-		wg.Wait()
+		hammerRound(rounds, call)
 
 		// Settled: whether a run is left or not, Start then reads work.
 		err := c.Start(ctx)
@@ -560,22 +556,13 @@ func TestLifecycleWatchUnderConcurrentWatchCloseAndHandlerCloses(t *testing.T) {
 	rounds := 0
 	for ; rounds < lifecycleMaxRounds && time.Since(start) < lifecycleBudget; rounds++ {
 		h.calm.Store(false)
-		var wg sync.WaitGroup
-		for g := range lifecycleCallers {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				rng := rand.New(rand.NewPCG(uint64(rounds), uint64(g)))
-				for range lifecycleCalls {
-					if rng.IntN(2) == 0 {
-						h.watch()
-					} else {
-						h.op.Close()
-					}
-				}
-			}()
-		}
-		wg.Wait()
+		hammerRound(rounds, func(rng *rand.Rand) {
+			if rng.IntN(2) == 0 {
+				h.watch()
+			} else {
+				h.op.Close()
+			}
+		})
 		h.calm.Store(true)
 		checkSettledWatch(t, h, client, fmt.Sprintf("%ssentinel-%d", p, rounds))
 		bad.require(t)
@@ -643,4 +630,133 @@ func checkSettledWatch(t *testing.T, h *watchHammer, client *clientv3.Client, se
 		defer h.mu.Unlock()
 		return h.sentinels[run] == sentinel
 	}, waitTimeout, time.Millisecond, "run %d is in progress but does not deliver", run)
+}
+
+// subscriptionHammer is a cache subscription of the subscription hammer:
+// its handler checks that no two of its runs' handlers overlap, and
+// records the sentinels it receives.
+type subscriptionHammer struct {
+	op       storage.WatchOp[*host]
+	active   atomic.Int32
+	sentinel atomic.Value // the last sentinel key received
+}
+
+func (s *subscriptionHammer) handler(bad *violationLog, calm *atomic.Bool, rng *rand.Rand) func(e *storage.Event[*host]) error {
+	var mu sync.Mutex // guards rng, should two handlers overlap (a bug reported above)
+	return func(e *storage.Event[*host]) error {
+		if s.active.Add(1) > 1 {
+			bad.add("%s: two handlers at once", e.Key)
+		}
+		defer s.active.Add(-1)
+		if strings.Contains(e.Key, "sentinel") {
+			s.sentinel.Store(e.Key)
+		}
+		if calm.Load() {
+			return nil
+		}
+		mu.Lock()
+		n := rng.IntN(40)
+		mu.Unlock()
+		switch n {
+		case 0:
+			return errors.New("boom")
+		case 1:
+			s.op.Close()
+		}
+		return nil
+	}
+}
+
+func TestLifecycleCacheSubscriptionsUnderConcurrentWatchCloseStartAndStop(t *testing.T) {
+	verifyNoLeaks(t)
+	client := newClient(t)
+	ctx := testContext(t)
+	const p = "/lc/"
+	startHostWriter(ctx, t, client, p)
+	c := storage.NewCache(client, p, keyOfHost)
+	t.Cleanup(c.Stop)
+	var bad violationLog
+	var calm atomic.Bool
+	subs := make([]*subscriptionHammer, 3)
+	for i := range subs {
+		subs[i] = &subscriptionHammer{op: c.Watch(fmt.Sprintf("/lc/%s", []string{"", "s0", "s1"}[i]))}
+		t.Cleanup(subs[i].op.Close)
+	}
+	// Errors a run may end with: its handler's, or the Stop of its cache.
+	allowed := func(err error) bool {
+		return err == nil || errors.Is(err, storage.ErrWatchAlreadyInProgress) ||
+			strings.Contains(err.Error(), "boom") || strings.Contains(err.Error(), "cache not started") ||
+			strings.Contains(err.Error(), "cache stopped")
+	}
+	drainCtx, stopDrain := context.WithCancel(ctx)
+	var drains sync.WaitGroup
+	for _, s := range subs {
+		drains.Add(1)
+		go func() {
+			defer drains.Done()
+			for {
+				select {
+				case <-drainCtx.Done():
+					return
+				case err := <-s.op.Error():
+					if !allowed(err) {
+						bad.add("Error(): %v", err)
+					}
+				}
+			}
+		}()
+	}
+	t.Cleanup(func() { stopDrain(); drains.Wait() })
+
+	call := func(rng *rand.Rand) {
+		s := subs[rng.IntN(len(subs))]
+		switch rng.IntN(6) {
+		case 0:
+			if err := c.Start(ctx); err != nil && !errors.Is(err, storage.ErrWatchAlreadyInProgress) {
+				bad.add("Start: %v", err)
+			}
+		case 1:
+			c.Stop()
+		case 2, 3:
+			if err := s.op.Watch(ctx, s.handler(&bad, &calm, rand.New(rand.NewPCG(rng.Uint64(), 1)))); !allowed(err) {
+				bad.add("Watch: %v", err)
+			}
+		case 4:
+			s.op.Close()
+		case 5:
+			if _, err := c.GetPrefix("").Exec(ctx); err != nil && !strings.Contains(err.Error(), "cache not started") {
+				bad.add("GetPrefix: %v", err)
+			}
+		}
+	}
+
+	start := time.Now()
+	rounds := 0
+	for ; rounds < lifecycleMaxRounds && time.Since(start) < lifecycleBudget; rounds++ {
+		calm.Store(false)
+		hammerRound(rounds, call)
+		bad.require(t)
+
+		// Settled: with the cache started, every subscription watches
+		// again after Close and delivers a new sentinel.
+		calm.Store(true)
+		if err := c.Start(ctx); err != nil {
+			require.ErrorIs(t, err, storage.ErrWatchAlreadyInProgress, "round %d", rounds)
+		}
+		for _, s := range subs {
+			s.op.Close()
+			require.NoError(t, s.op.Watch(ctx, s.handler(&bad, &calm, rand.New(rand.NewPCG(uint64(rounds), 2)))), "round %d", rounds)
+		}
+		sentinel := fmt.Sprintf("%ss%d/sentinel-%d", p, rounds%2, rounds)
+		putNamed(t, client, sentinel, "s")
+		for i, s := range subs {
+			if i == 2-rounds%2 { // the subscription of the other sub-prefix
+				continue
+			}
+			require.Eventually(t, func() bool { return s.sentinel.Load() == sentinel }, waitTimeout, pollInterval,
+				"round %d: subscription %d does not deliver", rounds, i)
+		}
+	}
+	t.Logf("%d rounds in %v", rounds, time.Since(start).Round(time.Millisecond))
+	bad.require(t)
 }

@@ -151,6 +151,12 @@ func (w *watcher) restarting(rev int64, err error, relist bool) {
 	w.client.GetLogger().Log(level, msg, w.logKey(), zap.Int64("revision", rev), zap.Error(err))
 }
 
+// stopRun reports and logs why run ended (see stopping), then halts it.
+func (w *watcher) stopRun(ctx context.Context, run *watchRun, rev int64, err error) {
+	w.stopping(ctx, rev, err)
+	w.halt(run, err)
+}
+
 // stopping reports why a run ended with err, having delivered up to rev,
 // and logs at error level a run that ended on its own; a run ended by Close
 // is not logged.

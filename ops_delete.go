@@ -15,8 +15,8 @@ import (
 type DeleteOp interface {
 	TxnOperation
 	Exec(ctx context.Context) (int64, error)
-	// The revision returned by the server. Only populated after Exec() is
-	// called.
+	// Revision returns the revision of etcd's response to the op; it is 0
+	// until etcd answered.
 	Revision() int64
 }
 
@@ -26,8 +26,8 @@ type DeleteOp interface {
 type DeleteValueOp[V Value] interface {
 	TxnOperation
 	Exec(ctx context.Context) error
-	// The revision returned by the server. Only populated after Exec is
-	// called.
+	// Revision returns the revision of etcd's response to the op, also
+	// when its compare failed; it is 0 until etcd answered.
 	Revision() int64
 }
 

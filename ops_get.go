@@ -16,13 +16,15 @@ import (
 const maxGetChunk = 128
 
 // GetOp is an operation that returns a single value. Exec returns an error
-// wrapping [ErrNotFound] when the key does not exist.
+// wrapping [ErrNotFound] when the key does not exist. With any error Exec
+// returns the zero V, nil for a pointer type.
 type GetOp[V Value] interface {
 	Exec(ctx context.Context) (V, error)
 }
 
 // GetMultipleOp is an operation that returns multiple values. An empty
-// result is a nil error and no values.
+// result is a nil error and no values. With any error Exec returns no
+// values.
 type GetMultipleOp[V Value] interface {
 	Exec(ctx context.Context) ([]V, error)
 }

@@ -45,38 +45,43 @@ func (k putKind) String() string {
 type PutOp[V Value] interface {
 	TxnOperation
 	// WithTTL sets a time-to-live for this value: etcd removes the key
-	// once it has expired. The key exists for at least ttl after Exec (or
-	// Commit) is called. On a healthy cluster it is gone no later than
-	// ceil(ttl + 0.5s) seconds after Exec returns, plus etcd's expiry check
-	// (up to 0.5 s). etcd may round a short TTL up to its minimum lease TTL,
-	// and a leader change restarts every lease's clock, so expiry can come
-	// later than that bound, never earlier.
+	// once it has expired. The key exists for at least ttl after Exec or
+	// Commit is called. On a healthy cluster it is gone no later than
+	// ceil(ttl + 0.5s) seconds after Exec returns, plus up to 0.5 s for
+	// etcd's expiry check. etcd may round a short TTL up to its minimum
+	// lease TTL. A leader change restarts every lease's clock. Either can
+	// make expiry come later than that bound, never earlier.
 	//
-	// The put is attached to a lease of ceil(ttl + 0.5s) seconds. Leases are
-	// shared, as Kubernetes' apiserver shares them: a lease granted for one
-	// TTL put serves the later TTL puts of the same client whose expiry it
-	// still covers. A stream of TTL puts then costs about one grant per lease
+	// The put is attached to a lease of ceil(ttl + 0.5s) seconds, or of
+	// etcd's maximum lease TTL where that is less. Leases are shared, as
+	// Kubernetes' apiserver shares them: a lease granted for one TTL put
+	// serves the later TTL puts of the same client whose expiry it still
+	// covers. A stream of TTL puts then costs about one grant per lease
 	// lifetime, and live leases stay bounded. A lease is handed out only
 	// while it has at least ttl left, counted from when Exec or Commit was
 	// called. In a Txn another op's lease grant may delay the request after
 	// that point, which the bound above already allows for. If etcd reports
-	// that a shared lease is gone (revoked by another client, or lost with a
-	// restored cluster), the request is sent once more with a fresh lease.
+	// that a shared lease is gone, the request is sent once more with a
+	// fresh lease. A shared lease is gone when another client revoked it or
+	// a restored cluster lost it.
 	//
 	// A put without WithTTL detaches the key from its lease: to keep a key
-	// expiring, put it with a TTL every time, as a heartbeat does. Exec fails
-	// with an error naming the op and key, before any lease is granted, for
-	// a ttl that is not positive or is above etcd's maximum lease TTL
-	// (9,000,000,000 s), and for a caller's clientv3.WithLease beside
-	// WithTTL. A caller's WithLease alone is honoured.
+	// expiring, put it with a TTL every time, as a heartbeat does. A caller's
+	// clientv3.WithLease without WithTTL is honoured.
+	//
+	// Exec and Commit fail with an error naming the op and key, before any
+	// lease is granted and before any request, for a ttl that is not
+	// positive. They fail the same way for a ttl above etcd's maximum lease
+	// TTL of 9,000,000,000 s, and for a caller's clientv3.WithLease beside
+	// WithTTL.
 	WithTTL(ttl time.Duration) PutOp[V]
 	// WithUpdatedVersion will update the version on the value after the put
 	// operation completes.
 	WithUpdatedVersion() PutOp[V]
 	// Exec runs the op alone.
 	Exec(ctx context.Context) error
-	// The revision returned by the server. Only populated after Exec is
-	// called.
+	// Revision returns the revision of etcd's response to the op, also
+	// when its compare failed; it is 0 until etcd answered.
 	Revision() int64
 	VersionUpdater
 }

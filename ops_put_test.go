@@ -1,6 +1,7 @@
 package storage_test
 
 import (
+	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -372,19 +373,7 @@ func TestPutWithTTL(t *testing.T) {
 	for _, ttl := range []time.Duration{0, -time.Second} {
 		t.Run(fmt.Sprintf("a TTL of %v is refused naming the key and nothing is written", ttl), func(t *testing.T) {
 			t.Parallel()
-			key := storage.Key("ttl", "refused", ttl.String())
-			ops := []storage.PutOp[*host]{
-				storage.NewPutOp(client, key, &host{}).WithTTL(ttl),
-				storage.NewCreateOp(client, key, &host{}).WithTTL(ttl),
-				storage.NewUpdateOp(client, key, &host{}).WithTTL(ttl),
-			}
-			for _, op := range ops {
-				err := op.Exec(ctx)
-				require.ErrorContains(t, err, key)
-				require.ErrorContains(t, err, "TTL")
-				require.Zero(t, op.Revision())
-				requireMissing(t, client, key)
-			}
+			requireTTLRefused(ctx, t, client, storage.Key("ttl", "refused", ttl.String()), ttl, "TTL", false)
 		})
 	}
 }
@@ -593,6 +582,29 @@ func TestNilValuesAreRefused(t *testing.T) {
 	}
 }
 
+// requireTTLRefused requires a put, a create and an update of key with ttl
+// each to fail naming the key and reason, with no revision and nothing
+// written. With inTxn each op is also committed in a txn, which must fail
+// naming the key and write nothing either.
+func requireTTLRefused(ctx context.Context, t *testing.T, client *clientv3.Client, key string, ttl time.Duration, reason string, inTxn bool) {
+	t.Helper()
+	ops := []storage.PutOp[*host]{
+		storage.NewPutOp(client, key, &host{}).WithTTL(ttl),
+		storage.NewCreateOp(client, key, &host{}).WithTTL(ttl),
+		storage.NewUpdateOp(client, key, &host{}).WithTTL(ttl),
+	}
+	for _, op := range ops {
+		err := op.Exec(ctx)
+		require.ErrorContains(t, err, key)
+		require.ErrorContains(t, err, reason)
+		require.Zero(t, op.Revision())
+		if inTxn {
+			require.ErrorContains(t, storage.NewTxn(client, op).Commit(ctx), key, "inside a transaction too")
+		}
+		requireMissing(t, client, key)
+	}
+}
+
 // TestPutWithTTLAtEtcdsMaximumLeaseTTL: a TTL above etcd's maximum lease TTL
 // (a common spelling of "forever" is math.MaxInt64) is refused naming the
 // key, before a lease is granted; the maximum itself is granted in full.
@@ -603,20 +615,7 @@ func TestPutWithTTLAtEtcdsMaximumLeaseTTL(t *testing.T) {
 
 	for _, ttl := range []time.Duration{maximum + time.Nanosecond, maximum + time.Second, math.MaxInt64} {
 		t.Run(fmt.Sprintf("a TTL of %v is refused naming the key and nothing is written", ttl), func(t *testing.T) {
-			key := storage.Key("ttl", "above", ttl.String())
-			ops := []storage.PutOp[*host]{
-				storage.NewPutOp(client, key, &host{}).WithTTL(ttl),
-				storage.NewCreateOp(client, key, &host{}).WithTTL(ttl),
-				storage.NewUpdateOp(client, key, &host{}).WithTTL(ttl),
-			}
-			for _, op := range ops {
-				err := op.Exec(ctx)
-				require.ErrorContains(t, err, key)
-				require.ErrorContains(t, err, "maximum lease TTL")
-				require.Zero(t, op.Revision())
-				require.ErrorContains(t, storage.NewTxn(client, op).Commit(ctx), key, "inside a transaction too")
-				requireMissing(t, client, key)
-			}
+			requireTTLRefused(ctx, t, client, storage.Key("ttl", "above", ttl.String()), ttl, "maximum lease TTL", true)
 			leases, err := client.Leases(ctx)
 			require.NoError(t, err)
 			require.Empty(t, leases.Leases, "no lease was granted for nothing")

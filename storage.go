@@ -38,6 +38,11 @@ import (
 // An op records what it sent and what came back, so it must not run
 // concurrently with itself (Exec'd, or committed in a [Txn]), and the value
 // it holds must not be changed while it runs.
+//
+// A caller's clientv3 options that do not fit an op never make it panic,
+// though clientv3's Op constructors panic on them. Exec and Commit fail
+// instead, with an error naming the op and key, and nothing is written. A
+// range option on an op that names one key is refused the same way.
 type TxnOperation interface {
 	// ClientOp returns the etcd op to run. It may do I/O (a put with a TTL
 	// obtains a lease) and returns an error for options that do not fit.

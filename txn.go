@@ -28,11 +28,11 @@ import (
 // refreshes its values and commits the same Txn again. Refresh them in
 // place: an op keeps a pointer to its value, not a copy.
 //
-// The ops and the values they point to stay the caller's: an op must not run
-// concurrently with itself (Exec'd while a Txn holding it commits, or in two
-// Txns committing at once), and a value must not be changed while an op
-// holding it runs, nor read while an op that writes its version back
-// (WithUpdatedVersion, a Cache's put) runs.
+// The ops and the values they point to stay the caller's. An op must not run
+// concurrently with itself: not Exec'd while a Txn holding it commits, nor
+// in two Txns committing at once. A value must not be changed while an op
+// holding it runs. Nor may it be read while an op that writes its version
+// back runs, which is an op with WithUpdatedVersion or a Cache's put.
 type Txn interface {
 	// AddOps adds ops to the transaction; ops added after a Commit join the
 	// next one.
@@ -40,16 +40,28 @@ type Txn interface {
 	// Commit runs all ops in one etcd transaction. It returns nil for an
 	// empty transaction without sending anything.
 	//
-	// Before any request, it refuses two ops on one key, or a put inside a
-	// prefix another op deletes, with an error wrapping
-	// [ErrDuplicateKeysInTransaction] that lists the offending ops.
+	// Before any request, lease grants included, it refuses two ops on one
+	// key, or a put inside a prefix another op deletes, with an error
+	// wrapping [ErrDuplicateKeysInTransaction]. The error lists each
+	// offending op by kind and key ("put /a/x, delete /a/"). No op's
+	// Revision changes then. Prefix deletes that overlap are allowed, as
+	// etcd allows them.
 	//
 	// When a compare fails, nothing is written, and the error wraps
-	// [ErrOperationConstraintViolated] and each failed op's own error (so
-	// errors.Is finds [ErrAlreadyExists] or [ErrValueVersionMismatch]); its
-	// message names every failed op and why. Every op gets the response's
-	// revision either way. After success, versions are written back
-	// (WithUpdatedVersion, and always for a Cache's puts) and a Cache's ops
+	// [ErrOperationConstraintViolated] and each failed op's own error, so
+	// errors.Is finds [ErrAlreadyExists] or [ErrValueVersionMismatch]. Its
+	// message names every failed op and why, learned in the same round trip.
+	// An op without a compare of its own is never named. Every op gets the
+	// response's revision either way.
+	//
+	// A transaction beyond a limit fails with an error that names the limit
+	// and gives the numbers of ops and compares. The limits are the server's
+	// operation limit, its request size limit and the client's message size
+	// limit. The operation limit is etcd's --max-txn-ops, 128 by default; it
+	// counts ops and compares separately.
+	//
+	// After success, versions are written back for the ops with
+	// WithUpdatedVersion and for every Cache's put. A Cache's ops then
 	// update their cache.
 	Commit(ctx context.Context) error
 }

@@ -19,6 +19,21 @@ import (
 // JSON: embed [StoredValue] (or [RevisionedValue]), or tag your own field
 // `json:"-"`.
 //
+// The stored bytes are a fixed format, since other services read and write
+// the same keys. An encoding of 2048 bytes or more is stored
+// gzip-compressed, as RFC 1952 defines. A shorter one is stored as plain
+// JSON, which etcdctl shows as text. On read, bytes that start with the gzip
+// magic 1f 8b are decompressed and any other bytes are read as plain JSON,
+// so values that any writer stored in either form read back. After
+// decoding, the version is set from the key's etcd Version, and a
+// RevisionedValue's mod revision from the key's ModRevision.
+//
+// Bytes that cannot be decoded give an error naming the key, never a panic.
+// JSON null is such an error: it would leave a nil value. So is a gzip
+// value that inflates past 64 MiB, which protects against a decompression
+// bomb. A nil value is refused on write with an error, and nothing is
+// written.
+//
 // V in the generic ops is normally a pointer to a struct embedding
 // StoredValue, e.g. *Host.
 type Value interface {

@@ -50,6 +50,12 @@ type Event[V Value] struct {
 }
 
 // WatchOp watches one or more keys for modifications.
+//
+// Every method may be called from any goroutine, concurrently with any
+// other: two Close calls at once, a Watch while a Close is in progress, a
+// Close from inside the handler. None panics, leaks a goroutine, runs two
+// handlers of the op at once, or loses an error. Only the closed run's own
+// unread error is dropped, as Close says.
 type WatchOp[V Value] interface {
 	// Watch performs an initial Get of current items, calls handle for each,
 	// then persistently watches for modifications, calling handle for each
@@ -72,13 +78,24 @@ type WatchOp[V Value] interface {
 	// just after it.
 	//
 	// Events reach handle one at a time, in revision order, each change
-	// exactly once: after a dropped connection, a restarted member, a member
-	// cut off from its peers or a leader change, the watch resumes from the
-	// last revision it delivered. If etcd compacted past that revision, it
-	// re-reads and delivers what changed meanwhile (puts for new or changed
-	// keys, deletes for keys that vanished; intermediate versions are gone).
-	// The first retry after a failure is immediate. Later ones wait
-	// 25-50 ms, doubling up to 1-2 s, jittered.
+	// exactly once. The changes of one transaction share a revision and
+	// arrive one after another, before any later change. After a dropped
+	// connection, a restarted member, a member cut off from its peers or a
+	// leader change, the watch resumes from the last revision it delivered.
+	// It requires a leader (clientv3.WithRequireLeader), so a member cut off
+	// from its peers ends the stream instead of leaving it silent. If etcd
+	// compacted past that revision, the watch re-reads the key or prefix and
+	// delivers what changed meanwhile: a put for each new or changed key,
+	// one deleted and re-created included, and a delete for each key that
+	// vanished. Intermediate versions are gone and are not replayed. The
+	// watch asks for progress notifications and moves its resume revision on
+	// them, so an idle watch resumes after a restart without a re-read, even
+	// when etcd compacted meanwhile. The first retry after a failure is
+	// immediate. Later ones wait 25-50 ms, doubling up to 1-2 s, jittered.
+	//
+	// A value that cannot be decoded is delivered as an event of type
+	// [EventTypeError] with Key, Err and Revision set, in the initial read as
+	// later, and the watch goes on.
 	//
 	// A slow handler never makes memory grow without bound: when more than
 	// 1,000 received events wait for it, the watch cancels its stream and,
@@ -89,8 +106,8 @@ type WatchOp[V Value] interface {
 	//
 	// ctx governs the goroutine: cancelling it stops the watch and sends the
 	// context's error on Error(). An error returned by handle, a closed
-	// client or an authentication error also stop it with one error on
-	// Error(); every other failure is retried.
+	// client, or an authentication or permission error also stops it with
+	// one error on Error(). Every other failure is retried.
 	//
 	// The watch logs its recovery through the client's logger
 	// (clientv3.Config.Logger): a resume at debug, a re-read after
@@ -123,18 +140,22 @@ type watchOp[V Value] struct {
 
 var _ WatchOp[*StoredValue] = (*watchOp[*StoredValue])(nil)
 
-// NewWatchOp returns an operation that watches key. Options that fit a watch
-// (clientv3.WithFilterPut, WithFilterDelete, WithPrevKV) apply; options that
-// conflict with the op's own (WithRev, WithPrefix, a range) or do not fit a
-// watch make Watch return an error. The filters hold for the events a
-// re-read after compaction delivers too; the initial read is not filtered.
+// NewWatchOp returns an operation that watches key. The options that fit a
+// watch apply: clientv3.WithFilterPut, WithFilterDelete and WithPrevKV.
+// Options that conflict with the op's own, such as WithRev, WithPrefix or a
+// range, make Watch return an error, and so do options that do not fit a
+// watch. The filters hold for the events a re-read after compaction delivers
+// too; the initial read is not filtered.
 func NewWatchOp[V Value](client *clientv3.Client, key string, options ...clientv3.OpOption) WatchOp[V] {
 	return &watchOp[V]{w: newWatcher(client, key, false, options)}
 }
 
 // NewWatchPrefixOp returns an operation that watches every key under prefix.
 // A trailing slash is added to a non-empty prefix if missing, so "/a" never
-// watches "/ab". Options are checked as for [NewWatchOp].
+// watches "/ab". Options are checked as for [NewWatchOp]. Each WatchOp has
+// an etcd watch of its own; handlers that also read a [Cache] of the
+// prefix, or many handlers of one prefix, are better served by
+// [Cache.Watch], whose subscriptions share the cache's watch.
 func NewWatchPrefixOp[V Value](client *clientv3.Client, prefix string, options ...clientv3.OpOption) WatchOp[V] {
 	return &watchOp[V]{w: newWatcher(client, withTrailingSlash(prefix), true, options)}
 }

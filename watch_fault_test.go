@@ -88,17 +88,6 @@ func portOf(e storage.Event[*host]) int {
 	return e.Value.Port
 }
 
-// requireNoFault checks that nothing was reported on errc: every fault of these
-// tests is recoverable, and a recoverable fault is not an error.
-func requireNoFault(t *testing.T, errc <-chan error) {
-	t.Helper()
-	select {
-	case err := <-errc:
-		require.NoError(t, err, "a recoverable fault must not be reported")
-	default:
-	}
-}
-
 // memberClient returns a client of the given endpoints, closed when the
 // test ends (its logger writes through t).
 func memberClient(t *testing.T, endpoints ...string) *clientv3.Client {
@@ -109,6 +98,33 @@ func memberClient(t *testing.T, endpoints ...string) *clientv3.Client {
 	return client
 }
 
+// watchSeq starts a prefix watch of prefix through client, recording its
+// events, and delivers writes 1-50 of a sequence through writer to it with
+// nothing faulty yet. The watch is closed when the test ends.
+func watchSeq(ctx context.Context, t *testing.T, client, writer *clientv3.Client, prefix string) (*recorder[*host], storage.WatchOp[*host]) {
+	t.Helper()
+	log := new(recorder[*host])
+	w := storage.NewWatchPrefixOp[*host](client, prefix)
+	require.NoError(t, w.Watch(ctx, log.handle))
+	t.Cleanup(w.Close)
+	t.Log("phase 1: writes 1-50 with every member and connection up")
+	require.NoError(t, createSeq(ctx, writer, prefix, 1, 50))
+	log.waitFor(t, 50)
+	return log, w
+}
+
+// requireSeqAfterRecovery writes 201 once the fault healed and requires the
+// watch to have delivered writes 1-201 once each, in order, without
+// reporting the fault.
+func requireSeqAfterRecovery(ctx context.Context, t *testing.T, writer *clientv3.Client, prefix string, log *recorder[*host], w storage.WatchOp[*host]) {
+	t.Helper()
+	t.Log("phase 5: write 201 after recovery; a repeated event would arrive before it")
+	require.NoError(t, createSeq(ctx, writer, prefix, 201, 201))
+	require.Eventually(t, func() bool { return log.has(seqKey(prefix, 201)) }, waitTimeout, 10*time.Millisecond)
+	requireSeq(t, log.all(), prefix, 201)
+	requireNoFault(t, w.Error())
+}
+
 func TestFaultWatchDeliversEveryWriteOnceAcrossAMemberRestart(t *testing.T) {
 	clus := newCluster(t, &integration.ClusterConfig{Size: 3, WatchProgressNotifyInterval: 100 * time.Millisecond})
 	ctx := testContext(t)
@@ -116,14 +132,7 @@ func TestFaultWatchDeliversEveryWriteOnceAcrossAMemberRestart(t *testing.T) {
 	member := clus.Members[0]
 	writer := clus.Client(1) // pinned to member 1, which stays up
 
-	var log recorder[*host]
-	w := storage.NewWatchPrefixOp[*host](clus.Client(0), prefix) // pinned to member 0
-	require.NoError(t, w.Watch(ctx, log.handle))
-	t.Cleanup(w.Close)
-
-	t.Log("phase 1: writes 1-50 with every member up")
-	require.NoError(t, createSeq(ctx, writer, prefix, 1, 50))
-	log.waitFor(t, 50)
+	log, w := watchSeq(ctx, t, clus.Client(0), writer, prefix) // pinned to member 0
 
 	t.Log("phase 2: stop the watching client's member 0 while writes 51-100 go on through member 1")
 	done := goCreateSeq(ctx, writer, prefix, 51, 100)
@@ -138,11 +147,7 @@ func TestFaultWatchDeliversEveryWriteOnceAcrossAMemberRestart(t *testing.T) {
 	require.NoError(t, member.Restart(t))
 	require.NoError(t, <-done)
 
-	t.Log("phase 5: write 201 after recovery; a repeated event would arrive before it")
-	require.NoError(t, createSeq(ctx, writer, prefix, 201, 201))
-	require.Eventually(t, func() bool { return log.has(seqKey(prefix, 201)) }, waitTimeout, 10*time.Millisecond)
-	requireSeq(t, log.all(), prefix, 201)
-	requireNoFault(t, w.Error())
+	requireSeqAfterRecovery(ctx, t, writer, prefix, log, w)
 	// clientv3 resumes a watch across a member restart by itself, so Resumes
 	// may stay 0 here; the claim is exactly-once, in-order delivery.
 	t.Logf("recovery: %+v", storage.WatchRecovery(w))
@@ -156,14 +161,7 @@ func TestFaultWatchDeliversEveryWriteOnceAcrossDroppedAndBlackholedConnections(t
 	member := clus.Members[0]
 	writer := clus.Client(1)
 
-	var log recorder[*host]
-	w := storage.NewWatchPrefixOp[*host](clus.Client(0), prefix) // through member 0's bridge
-	require.NoError(t, w.Watch(ctx, log.handle))
-	t.Cleanup(w.Close)
-
-	t.Log("phase 1: writes 1-50 with every connection up")
-	require.NoError(t, createSeq(ctx, writer, prefix, 1, 50))
-	log.waitFor(t, 50)
+	log, w := watchSeq(ctx, t, clus.Client(0), writer, prefix) // through member 0's bridge
 
 	t.Log("phase 2: drop member 0's client connections while writes 51-100 go on")
 	done := goCreateSeq(ctx, writer, prefix, 51, 100)
@@ -181,11 +179,7 @@ func TestFaultWatchDeliversEveryWriteOnceAcrossDroppedAndBlackholedConnections(t
 	member.Bridge().Unblackhole()
 	require.NoError(t, <-done)
 
-	t.Log("phase 5: write 201 after recovery; a repeated event would arrive before it")
-	require.NoError(t, createSeq(ctx, writer, prefix, 201, 201))
-	require.Eventually(t, func() bool { return log.has(seqKey(prefix, 201)) }, waitTimeout, 10*time.Millisecond)
-	requireSeq(t, log.all(), prefix, 201)
-	requireNoFault(t, w.Error())
+	requireSeqAfterRecovery(ctx, t, writer, prefix, log, w)
 	// clientv3 re-dials and resumes after dropped connections by itself, so
 	// Resumes may stay 0 here; the claim is exactly-once, in-order delivery.
 	t.Logf("recovery: %+v", storage.WatchRecovery(w))

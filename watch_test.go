@@ -596,21 +596,6 @@ func (s *stepReader) await(t *testing.T, want int) int {
 	return s.seen
 }
 
-// rawReadLoop is readLoop with the raw client: bytes only, no
-// decoding.
-func rawReadLoop(ctx context.Context, client *clientv3.Client, prefix string, reads *atomic.Int64) error {
-	for ctx.Err() == nil {
-		if _, err := client.Get(ctx, prefix, clientv3.WithPrefix()); err != nil {
-			if ctx.Err() != nil {
-				break
-			}
-			return err
-		}
-		reads.Add(1)
-	}
-	return nil
-}
-
 // arrivalLog records when each port arrived at one watch.
 type arrivalLog struct {
 	mu sync.Mutex // protects at

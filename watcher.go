@@ -5,9 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"runtime"
-	"strconv"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -28,22 +25,15 @@ type watcher struct {
 	client *clientv3.Client
 	key    string              // the key, or the start of the prefix range
 	end    string              // "" for one key, else the end of the prefix range
-	what   string              // names the watch in errors: "watch /a/"
 	opts   []clientv3.OpOption // the caller's extra watch options
-	errc   chan error          // cap 1; the run's goroutine sends, never closed
+	// runs is the lifecycle of the watch: its current run, Error() and
+	// the name of the watch in errors ("watch prefix /a/").
+	runs
 	// maxPending bounds the backlog of a slow handler (a field so that
 	// white-box tests can lower it).
 	maxPending int
 	// hooks are the test hooks: empty in a normal build (testhooks_off.go).
 	hooks testHooks
-
-	// mu protects run and the closed and sent fields of every run. A run is
-	// current from start until it has ended: its goroutine (or, while the
-	// initial read runs, the caller of start) has exited and it was closed,
-	// or its initial read failed. Runs are therefore never current at once,
-	// and every sink call of a run happens before the next run starts.
-	mu  sync.Mutex
-	run *watchRun // the current run, nil when none
 
 	// rereadc asks the run to re-read, as after a compaction (Cache.Verify
 	// sends, without blocking; the run's receiver takes it).
@@ -65,27 +55,6 @@ type watcher struct {
 	progressRev atomic.Int64
 }
 
-// watchRun is one run of a watcher, from start until it has ended.
-type watchRun struct {
-	sink sink
-	// md is the outgoing metadata of the run's watch requests: clientv3
-	// picks a watch stream by it, and a progress request must reach the
-	// run's stream.
-	md     metadata.MD
-	cancel context.CancelCauseFunc
-	// donec is closed when the run's goroutine has exited, or when the
-	// caller of start is done with it (the initial read failed or the run
-	// was closed during it).
-	donec chan struct{}
-	// caller is the id of the goroutine that calls the sink (and so the
-	// user's handler), 0 when none does: Close from inside a handler must
-	// not wait for itself.
-	caller atomic.Uint64
-
-	closed bool // guarded by watcher.mu: close was called for this run
-	sent   bool // guarded by watcher.mu: the run sent its error on errc
-}
-
 // sink receives what a watcher reads, in revision order. An error returned
 // by a sink stops the run and is reported.
 type sink interface {
@@ -96,11 +65,7 @@ type sink interface {
 	apply(ctx context.Context, events []*clientv3.Event) error
 	// progressed reports that every change up to rev has been delivered.
 	progressed(rev int64)
-	// stopped reports that the run stopped on its own with err.
-	stopped(err error)
-	// ended reports that the run has ended: it makes no more calls. It is
-	// called with the watcher's lock held, before another run can start.
-	ended()
+	runEnd
 }
 
 const (
@@ -142,9 +107,8 @@ func (e stopError) Error() string { return e.err.Error() }
 func (e stopError) Unwrap() error { return e.err }
 
 func newWatcher(client *clientv3.Client, key string, prefix bool, opts []clientv3.OpOption) *watcher {
-	w := &watcher{client: client, key: key, opts: opts, errc: make(chan error, 1), maxPending: maxPending,
+	w := &watcher{client: client, key: key, opts: opts, runs: newRuns("watch " + key), maxPending: maxPending,
 		rereadc: make(chan struct{}, 1)}
-	w.what = "watch " + key
 	if prefix {
 		w.key, w.end = prefixRange(key)
 		w.what = "watch prefix " + key
@@ -153,110 +117,21 @@ func newWatcher(client *clientv3.Client, key string, prefix bool, opts []clientv
 }
 
 // start reads and delivers the initial state, then runs the watch in a
-// goroutine governed by ctx. An error from the read or the sink is returned
-// and nothing is left running. While a run is current (also while a close of
-// it waits for its goroutine) start refuses with ErrWatchAlreadyInProgress:
-// waiting instead would deadlock a handler that closes its run and starts
-// another, since the run ends only once the handler has returned.
+// goroutine governed by ctx (see runs.start).
 func (w *watcher) start(ctx context.Context, s sink) error {
 	if err := w.checkOptions(); err != nil {
 		return err
 	}
-	w.mu.Lock()
-	if w.run != nil {
-		w.mu.Unlock()
-		return fmt.Errorf("%s: %w", w.what, ErrWatchAlreadyInProgress)
-	}
-	ctx, cancel := context.WithCancelCause(ctx)
-	run := &watchRun{sink: s, cancel: cancel, donec: make(chan struct{})}
+	run := &watchRun{sink: s}
 	run.md, _ = metadata.FromOutgoingContext(watchContext(ctx))
-	w.run = run
-	select {
-	case <-w.rereadc: // asked of an earlier run: this one reads anyway
-	default:
-	}
-	w.mu.Unlock()
-
-	run.caller.Store(goid())
-	rev, err := w.read(ctx, s, 0)
-	run.caller.Store(0)
-	w.mu.Lock()
-	if err == nil && !run.closed {
-		w.mu.Unlock()
-		go func() {
-			defer close(run.donec)
-			defer w.exited(run)
-			run.caller.Store(goid())
-			w.loop(ctx, run, s, rev)
-		}()
-		return nil
-	}
-	// The run ends here: the read failed, or a close came during it (from
-	// inside the handler, or from a goroutine that waits on donec).
-	closed := run.closed
-	w.endLocked(run)
-	w.mu.Unlock()
-	cancel(nil)
-	close(run.donec)
-	var stop stopError
-	if errors.As(err, &stop) {
-		err = stop.err
-	}
-	if closed {
-		return nil // the close decides: the run started and was stopped
-	}
-	return err
-}
-
-// close stops the current run, if any, and returns once its goroutine has
-// exited; every concurrent close waits for that same exit. Called from
-// inside the sink it does not wait for itself: the run then ends when its
-// goroutine exits. An error the run sent and nobody read is dropped; an
-// error of a later run never is. Idempotent.
-func (w *watcher) close() {
-	w.mu.Lock()
-	run := w.run
-	if run == nil {
-		w.mu.Unlock()
-		return
-	}
-	run.closed = true
-	w.mu.Unlock()
-	run.cancel(errClosed)
-	if run.caller.Load() == goid() {
-		return // the run ends once the handler returns (see exited)
-	}
-	<-run.donec
-	w.mu.Lock()
-	w.endLocked(run)
-	w.mu.Unlock()
-}
-
-// exited is the last step of a run's goroutine: a run closed from inside
-// its handler ends here, since no close waits for it.
-func (w *watcher) exited(run *watchRun) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if run.closed {
-		w.endLocked(run)
-	}
-}
-
-// endLocked ends run unless it has ended already: its unread error is
-// dropped, the sink learns it ended, and another run may start. Only the
-// current run can have an error on errc, since each run's end drains its own.
-func (w *watcher) endLocked(run *watchRun) {
-	if w.run != run {
-		return
-	}
-	if run.sent {
+	first := func(ctx context.Context) (int64, error) {
 		select {
-		case <-w.errc:
+		case <-w.rereadc: // asked of an earlier run: this one reads anyway
 		default:
 		}
+		return w.read(ctx, s, 0)
 	}
-	run.sink.ended()
-	w.run = nil
+	return w.runs.start(ctx, run, first, func(ctx context.Context, rev int64) { w.loop(ctx, run, s, rev) })
 }
 
 // loop is the run's goroutine: watch, and on failure either re-read
@@ -283,14 +158,14 @@ func (w *watcher) loop(ctx context.Context, run *watchRun, s sink, rev int64) {
 		}
 		switch {
 		case ctx.Err() != nil:
-			w.halt(ctx, run, s, rev, fmt.Errorf("%s: %w", w.what, context.Cause(ctx)))
+			w.stopRun(ctx, run, rev, fmt.Errorf("%s: %w", w.what, context.Cause(ctx)))
 			return
 		case errors.Is(err, errCompacted):
 			relist = true
 			w.restarting(rev, err, relist)
 			continue
 		case isStop(err):
-			w.halt(ctx, run, s, rev, err)
+			w.stopRun(ctx, run, rev, err)
 			return
 		}
 		if w.hooks.endsOnClosedChannel() {
@@ -300,7 +175,7 @@ func (w *watcher) loop(ctx context.Context, run *watchRun, s sink, rev int64) {
 		w.restarting(rev, err, relist)
 		resuming = true
 		if !sleepCtx(ctx, backoff(failures)) {
-			w.halt(ctx, run, s, rev, fmt.Errorf("%s: %w", w.what, context.Cause(ctx)))
+			w.stopRun(ctx, run, rev, fmt.Errorf("%s: %w", w.what, context.Cause(ctx)))
 			return // the backoff was interrupted: the run ends now
 		}
 		failures++
@@ -450,49 +325,6 @@ func classify(what string, resp clientv3.WatchResponse) error {
 	return fmt.Errorf("%s: %w", what, err)
 }
 
-// halt ends a run that stopped on its own, having delivered up to rev: the
-// sink learns why, and the error goes to Error() unless the run was closed
-// meanwhile.
-func (w *watcher) halt(ctx context.Context, run *watchRun, s sink, rev int64, err error) {
-	w.stopping(ctx, rev, err)
-	if errors.Is(err, errClosed) {
-		return
-	}
-	var stop stopError
-	if errors.As(err, &stop) {
-		err = stop.err
-	}
-	s.stopped(err)
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if run.closed {
-		return
-	}
-	select {
-	case w.errc <- err:
-		run.sent = true
-	default:
-	}
-}
-
-// propagateErrors forwards errc to ch until ctx ends.
-func propagateErrors(ctx context.Context, errc <-chan error, ch chan error) {
-	go func() {
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case err := <-errc:
-				select {
-				case ch <- err:
-				case <-ctx.Done():
-					return
-				}
-			}
-		}
-	}()
-}
-
 func isStop(err error) bool {
 	var stop stopError
 	return errors.As(err, &stop)
@@ -536,21 +368,4 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 	case <-ctx.Done():
 		return false
 	}
-}
-
-// goid returns the current goroutine's id, parsed from its stack header
-// ("goroutine 42 [running]:"). Go offers no other way for Close to know it
-// is being called from inside the handler it would otherwise wait for.
-func goid() uint64 {
-	var buf [64]byte
-	b := buf[:runtime.Stack(buf[:], false)]
-	b = b[len("goroutine "):]
-	for i, c := range b {
-		if c == ' ' {
-			b = b[:i]
-			break
-		}
-	}
-	id, _ := strconv.ParseUint(string(b), 10, 64)
-	return id
 }

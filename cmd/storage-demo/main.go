@@ -1,8 +1,8 @@
 // Command storage-demo tells a short control-plane story with the storage
-// library: hosts that register with TTL heartbeats, a watch and a cache that
-// follow them, versioned creates and updates, ABA safety, a transaction that
-// fails and is committed again after a refresh, a compressed large value, and
-// a host whose key expires.
+// library: hosts that register with TTL heartbeats, a cache and a
+// subscription of it that follow them, versioned creates and updates, ABA
+// safety, a transaction that fails and is committed again after a refresh, a
+// compressed large value, and a host whose key expires.
 //
 // With no flags it runs against an etcd embedded in the process, with its
 // data in a temporary directory that is removed at exit:

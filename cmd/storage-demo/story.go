@@ -55,17 +55,19 @@ func story(ctx context.Context, client *clientv3.Client, out io.Writer) error {
 		d.printf("removed %d %s left under %s by an earlier run\n", n, plural(n, "key"), demoPrefix)
 	}
 
-	d.step(1, "watch %s (printing every event) and cache it in memory", hostPrefix)
-	watch := storage.NewWatchPrefixOp[*Host](client, hostPrefix)
-	if err := watch.Watch(ctx, d.printEvent); err != nil {
-		return fmt.Errorf("step 1: %w", err)
-	}
-	defer watch.Close()
+	d.step(1, "cache %s in memory and watch it through the cache (printing every event)", hostPrefix)
 	d.hosts = storage.NewCache(client, hostPrefix, func(h *Host) string { return hostKey(h.Name) })
 	if err := d.hosts.Start(ctx); err != nil {
 		return fmt.Errorf("step 1: %w", err)
 	}
 	defer d.hosts.Stop()
+	// A subscription of the cache shares its etcd watch, and each event
+	// reaches printEvent once the cache holds it.
+	watch := d.hosts.Watch("")
+	if err := watch.Watch(ctx, d.printEvent); err != nil {
+		return fmt.Errorf("step 1: %w", err)
+	}
+	defer watch.Close() // before the cache's Stop, which would end it with an error
 
 	stopHeartbeats, err := d.registerHosts(ctx)
 	if err != nil {
@@ -420,8 +422,8 @@ func (d *demo) syncAndVerify(ctx context.Context) error {
 	return nil
 }
 
-// printEvent is the watch's handler: it prints the event, then records it
-// for the story's waits.
+// printEvent is the handler of the cache's subscription: it prints the
+// event, then records it for the story's waits.
 func (d *demo) printEvent(e *storage.Event[*Host]) error {
 	switch {
 	case e.Type == storage.EventTypeError:

@@ -26,11 +26,11 @@
 //   - stats --prefix P: key count, total and largest values, how many are
 //     compressed, the compression ratio.
 //
-// The connection flags are etcdctl's: --endpoints (default
-// $ETCDCTL_ENDPOINTS, then 127.0.0.1:2379), --dial-timeout,
-// --command-timeout, --cacert, --cert, --key, --user (the password comes from
-// $ETCDCTL_PASSWORD or a prompt). storagectl checks that etcd answers within
-// --dial-timeout before it runs a command.
+// The connection flags are etcdctl's: --endpoints, --dial-timeout,
+// --command-timeout, --cacert, --cert, --key and --user. --endpoints
+// defaults to $ETCDCTL_ENDPOINTS, then to 127.0.0.1:2379. The password of
+// --user comes from $ETCDCTL_PASSWORD or a prompt. storagectl checks that
+// etcd answers within --dial-timeout before it runs a command.
 //
 // Exit codes: 0 on success; 1 when a request fails, a write's condition does
 // not hold, or a value that was listed could not be decoded (the listing

@@ -441,8 +441,12 @@ func TestWatch(t *testing.T) {
 	})
 
 	t.Run("a single key with --json", func(t *testing.T) {
-		out, stop := startWatch(t, ep, "/w/one", "--json")
+		// The key exists before the watch starts, so the watch's initial read
+		// delivers it however late the watch's goroutine runs; the changes
+		// follow only once that read is printed.
 		require.Equal(t, 0, ctl(t, ep, `{"one":1}`, "put", "/w/one").code)
+		out, stop := startWatch(t, ep, "/w/one", "--json")
+		waitFor(t, out, `"type":"put"`)
 		require.Equal(t, 0, ctl(t, ep, `{"other":1}`, "put", "/w/other").code)
 		_, err := client.Delete(t.Context(), "/w/one")
 		require.NoError(t, err)

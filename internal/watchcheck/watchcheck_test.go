@@ -152,19 +152,21 @@ func badReRead() History { // the re-read forgets that z vanished
 	return edit(bridgedHistory(), func(h *History) { h.Events = slices.Delete(h.Events, 6, 7) })
 }
 
-type checkCase struct {
+// checkCase is an input to a checker (a watch's history, a cache's reads),
+// and whether the checker must reject it.
+type checkCase[T any] struct {
 	name string
-	h    History
+	in   T
 	bad  bool
 }
 
 // runCases runs check on each case: bad ones must fail with sentinel, good
 // ones must pass.
-func runCases(t *testing.T, sentinel error, check func(History) error, cases []checkCase) {
+func runCases[T any](t *testing.T, sentinel error, check func(T) error, cases []checkCase[T]) {
 	t.Helper()
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			err := check(c.h)
+			err := check(c.in)
 			if !c.bad {
 				require.NoError(t, err)
 				return
@@ -186,32 +188,32 @@ func TestEveryCheckerAcceptsGoodHistories(t *testing.T) {
 			de(9, "/a/z"), pe(10, "/a/w", "w1", 1),
 		},
 	}
-	for _, c := range []checkCase{
-		{name: "a watch that resumes without a gap", h: goodHistory()},
-		{name: "a compaction bridged by a correct re-read", h: bridgedHistory()},
-		{name: "an empty initial read and a txn's keys in another order", h: emptyRead},
+	for _, c := range []checkCase[History]{
+		{name: "a watch that resumes without a gap", in: goodHistory()},
+		{name: "a compaction bridged by a correct re-read", in: bridgedHistory()},
+		{name: "an empty initial read and a txn's keys in another order", in: emptyRead},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			require.NoError(t, Watch(c.h, fixtureTruth()))
-			require.NoError(t, Replay(c.h, fixtureFinal()))
+			require.NoError(t, Watch(c.in, fixtureTruth()))
+			require.NoError(t, Replay(c.in, fixtureFinal()))
 		})
 	}
 }
 
 func TestOrdered(t *testing.T) {
-	runCases(t, ErrOrdered, Ordered, []checkCase{
-		{name: "in order is accepted", h: goodHistory()},
-		{name: "a re-read above the last delivered revision is accepted", h: bridgedHistory()},
-		{name: "a reorder is rejected", h: reordered(), bad: true},
-		{name: "a txn split across a gap is rejected", h: splitAcrossGap(), bad: true},
+	runCases(t, ErrOrdered, Ordered, []checkCase[History]{
+		{name: "in order is accepted", in: goodHistory()},
+		{name: "a re-read above the last delivered revision is accepted", in: bridgedHistory()},
+		{name: "a reorder is rejected", in: reordered(), bad: true},
+		{name: "a txn split across a gap is rejected", in: splitAcrossGap(), bad: true},
 		{name: "a read item off its read's revision is rejected", bad: true,
-			h: edit(bridgedHistory(), func(h *History) { h.Events[5].Revision = 8 })},
+			in: edit(bridgedHistory(), func(h *History) { h.Events[5].Revision = 8 })},
 		{name: "a read item outside any read is rejected", bad: true,
-			h: edit(goodHistory(), func(h *History) { h.Events[6].FromRead = true })},
+			in: edit(goodHistory(), func(h *History) { h.Events[6].FromRead = true })},
 		{name: "a watch event at the read's revision is rejected", bad: true,
-			h: edit(goodHistory(), func(h *History) { h.Events[2].Revision = 3 })},
+			in: edit(goodHistory(), func(h *History) { h.Events[2].Revision = 3 })},
 		{name: "a re-read not above the last delivered revision is rejected", bad: true,
-			h: edit(bridgedHistory(), func(h *History) {
+			in: edit(bridgedHistory(), func(h *History) {
 				h.Restarts[0].ReadRev = 4
 				for i := 4; i < 7; i++ {
 					h.Events[i].Revision = 4
@@ -221,146 +223,132 @@ func TestOrdered(t *testing.T) {
 }
 
 func TestUnique(t *testing.T) {
-	runCases(t, ErrUnique, Unique, []checkCase{
-		{name: "each change once is accepted", h: goodHistory()},
-		{name: "read items sharing a revision are accepted", h: bridgedHistory()},
-		{name: "a duplicate is rejected", h: duplicated(), bad: true},
+	runCases(t, ErrUnique, Unique, []checkCase[History]{
+		{name: "each change once is accepted", in: goodHistory()},
+		{name: "read items sharing a revision are accepted", in: bridgedHistory()},
+		{name: "a duplicate is rejected", in: duplicated(), bad: true},
 	})
 }
 
 func TestAtomic(t *testing.T) {
 	check := func(h History) error { return Atomic(h, fixtureTruth()) }
-	runCases(t, ErrAtomic, check, []checkCase{
-		{name: "whole txns are accepted", h: goodHistory()},
-		{name: "a bridged compaction is accepted", h: bridgedHistory()},
-		{name: "a txn missing a key is rejected", h: splitTxn(), bad: true},
-		{name: "a txn split across a gap is rejected", h: splitAcrossGap(), bad: true},
-		{name: "a key the revision did not write is rejected", h: outsidePrefix(), bad: true},
+	runCases(t, ErrAtomic, check, []checkCase[History]{
+		{name: "whole txns are accepted", in: goodHistory()},
+		{name: "a bridged compaction is accepted", in: bridgedHistory()},
+		{name: "a txn missing a key is rejected", in: splitTxn(), bad: true},
+		{name: "a txn split across a gap is rejected", in: splitAcrossGap(), bad: true},
+		{name: "a key the revision did not write is rejected", in: outsidePrefix(), bad: true},
 		{name: "a history ending in half a txn is rejected", bad: true,
-			h: edit(goodHistory(), func(h *History) { h.Events = h.Events[:3] })},
+			in: edit(goodHistory(), func(h *History) { h.Events = h.Events[:3] })},
 	})
 }
 
 func TestReliable(t *testing.T) {
 	check := func(h History) error { return Reliable(h, fixtureTruth()) }
-	runCases(t, ErrReliable, check, []checkCase{
-		{name: "every change once is accepted", h: goodHistory()},
-		{name: "a compaction bridged by a correct re-read is accepted", h: bridgedHistory()},
-		{name: "a stop before the end of the truth is accepted", h: edit(goodHistory(), func(h *History) { h.Events = h.Events[:6] })},
-		{name: "a dropped middle event is rejected", h: dropped(), bad: true},
-		{name: "a duplicate is rejected", h: duplicated(), bad: true},
-		{name: "a reorder is rejected", h: reordered(), bad: true},
-		{name: "a resume that skips its first event is rejected", h: resumeSkips(), bad: true},
+	runCases(t, ErrReliable, check, []checkCase[History]{
+		{name: "every change once is accepted", in: goodHistory()},
+		{name: "a compaction bridged by a correct re-read is accepted", in: bridgedHistory()},
+		{name: "a stop before the end of the truth is accepted", in: edit(goodHistory(), func(h *History) { h.Events = h.Events[:6] })},
+		{name: "a dropped middle event is rejected", in: dropped(), bad: true},
+		{name: "a duplicate is rejected", in: duplicated(), bad: true},
+		{name: "a reorder is rejected", in: reordered(), bad: true},
+		{name: "a resume that skips its first event is rejected", in: resumeSkips(), bad: true},
 		{name: "a history ending in half a txn is rejected", bad: true,
-			h: edit(goodHistory(), func(h *History) { h.Events = h.Events[:3] })},
-		{name: "a re-read missing a vanished key's delete is rejected", h: badReRead(), bad: true},
+			in: edit(goodHistory(), func(h *History) { h.Events = h.Events[:3] })},
+		{name: "a re-read missing a vanished key's delete is rejected", in: badReRead(), bad: true},
 		{name: "a re-read with a stale value is rejected", bad: true,
-			h: edit(bridgedHistory(), func(h *History) { h.Events[4] = re(9, "/a/x", "x2", 2) })},
+			in: edit(bridgedHistory(), func(h *History) { h.Events[4] = re(9, "/a/x", "x2", 2) })},
 		{name: "an initial read that differs from etcd is rejected", bad: true,
-			h: edit(goodHistory(), func(h *History) { h.Events = h.Events[1:] })},
+			in: edit(goodHistory(), func(h *History) { h.Events = h.Events[1:] })},
 		{name: "a wrong value is rejected", bad: true,
-			h: edit(goodHistory(), func(h *History) { h.Events[6].Value = "x9" })},
+			in: edit(goodHistory(), func(h *History) { h.Events[6].Value = "x9" })},
 		{name: "an error event is rejected", bad: true,
-			h: edit(goodHistory(), func(h *History) { h.Events[6].Type = storage.EventTypeError })},
+			in: edit(goodHistory(), func(h *History) { h.Events[6].Type = storage.EventTypeError })},
 		{name: "a history without an initial read revision is rejected", bad: true,
-			h: edit(goodHistory(), func(h *History) { h.ReadRev = 0; h.Events = h.Events[2:] })},
+			in: edit(goodHistory(), func(h *History) { h.ReadRev = 0; h.Events = h.Events[2:] })},
 	})
 }
 
 func TestResumable(t *testing.T) {
 	check := func(h History) error { return Resumable(h, fixtureTruth()) }
-	runCases(t, ErrResumable, check, []checkCase{
-		{name: "a resume at the next change is accepted", h: goodHistory()},
-		{name: "a resume bridged by a re-read is accepted", h: bridgedHistory()},
+	runCases(t, ErrResumable, check, []checkCase[History]{
+		{name: "a resume at the next change is accepted", in: goodHistory()},
+		{name: "a resume bridged by a re-read is accepted", in: bridgedHistory()},
 		{name: "a failed resume followed by a re-read at the same event is accepted",
-			h: edit(bridgedHistory(), func(h *History) {
+			in: edit(bridgedHistory(), func(h *History) {
 				h.Restarts = append([]Restart{{At: 4, LastRev: 4}}, h.Restarts...)
 			})},
 		{name: "a restart with nothing after it is accepted",
-			h: edit(goodHistory(), func(h *History) { h.Events = h.Events[:5] })},
-		{name: "a resume that skips its first event is rejected", h: resumeSkips(), bad: true},
+			in: edit(goodHistory(), func(h *History) { h.Events = h.Events[:5] })},
+		{name: "a resume that skips its first event is rejected", in: resumeSkips(), bad: true},
 		{name: "a resume that repeats the last delivered revision is rejected", bad: true,
-			h: edit(goodHistory(), func(h *History) { h.Events = slices.Insert(h.Events, 5, h.Events[4]) })},
+			in: edit(goodHistory(), func(h *History) { h.Events = slices.Insert(h.Events, 5, h.Events[4]) })},
 		{name: "a restart whose last revision is not the event before it is rejected", bad: true,
-			h: edit(goodHistory(), func(h *History) { h.Restarts[0].LastRev = 4 })},
+			in: edit(goodHistory(), func(h *History) { h.Restarts[0].LastRev = 4 })},
 	})
 }
 
 func TestFilter(t *testing.T) {
-	runCases(t, ErrFilter, Filter, []checkCase{
-		{name: "keys under the prefix are accepted", h: goodHistory()},
-		{name: "/ab/q under a watch of /a is rejected", h: outsidePrefix(), bad: true},
+	runCases(t, ErrFilter, Filter, []checkCase[History]{
+		{name: "keys under the prefix are accepted", in: goodHistory()},
+		{name: "/ab/q under a watch of /a is rejected", in: outsidePrefix(), bad: true},
 		{name: "a key outside the prefix in a read is rejected", bad: true,
-			h: edit(goodHistory(), func(h *History) { h.Events[0].Key = "/b/x" })},
+			in: edit(goodHistory(), func(h *History) { h.Events[0].Key = "/b/x" })},
 	})
 }
 
 func TestFlags(t *testing.T) {
 	check := func(h History) error { return Flags(h, fixtureTruth()) }
-	runCases(t, ErrFlags, check, []checkCase{
-		{name: "flags from etcd are accepted", h: goodHistory()},
-		{name: "flags of re-read items by version are accepted", h: bridgedHistory()},
+	runCases(t, ErrFlags, check, []checkCase[History]{
+		{name: "flags from etcd are accepted", in: goodHistory()},
+		{name: "flags of re-read items by version are accepted", in: bridgedHistory()},
 		{name: "a re-created key that is not IsCreate is rejected", bad: true,
-			h: edit(goodHistory(), func(h *History) { h.Events[5].IsCreate, h.Events[5].IsModify = false, true })},
+			in: edit(goodHistory(), func(h *History) { h.Events[5].IsCreate, h.Events[5].IsModify = false, true })},
 		{name: "a modify flagged IsCreate is rejected", bad: true,
-			h: edit(goodHistory(), func(h *History) { h.Events[6].IsCreate = true })},
+			in: edit(goodHistory(), func(h *History) { h.Events[6].IsCreate = true })},
 		{name: "a read item at version 3 flagged IsCreate is rejected", bad: true,
-			h: edit(bridgedHistory(), func(h *History) { h.Events[4].IsCreate, h.Events[4].IsModify = true, false })},
+			in: edit(bridgedHistory(), func(h *History) { h.Events[4].IsCreate, h.Events[4].IsModify = true, false })},
 		{name: "a delete flagged IsModify is rejected", bad: true,
-			h: edit(goodHistory(), func(h *History) { h.Events[4].IsModify = true })},
+			in: edit(goodHistory(), func(h *History) { h.Events[4].IsModify = true })},
 	})
 }
 
 func TestReplay(t *testing.T) {
 	final := fixtureFinal()
 	check := func(h History) error { return Replay(h, final) }
-	runCases(t, ErrReplay, check, []checkCase{
-		{name: "a full history is accepted", h: goodHistory()},
-		{name: "a bridged history is accepted", h: bridgedHistory()},
-		{name: "a dropped middle event is rejected", h: dropped(), bad: true},
-		{name: "a re-read missing a delete is rejected", h: badReRead(), bad: true},
+	runCases(t, ErrReplay, check, []checkCase[History]{
+		{name: "a full history is accepted", in: goodHistory()},
+		{name: "a bridged history is accepted", in: bridgedHistory()},
+		{name: "a dropped middle event is rejected", in: dropped(), bad: true},
+		{name: "a re-read missing a delete is rejected", in: badReRead(), bad: true},
 		{name: "a wrong version is rejected", bad: true,
-			h: edit(goodHistory(), func(h *History) { h.Events[6].Version = 2 })},
+			in: edit(goodHistory(), func(h *History) { h.Events[6].Version = 2 })},
 	})
 }
 
 func TestCacheMonotonic(t *testing.T) {
-	for _, c := range []struct {
-		name  string
-		reads []CacheRead
-		bad   bool
-	}{
-		{name: "newer reads are accepted", reads: []CacheRead{
+	runCases(t, ErrBackInTime, CacheMonotonic, []checkCase[[]CacheRead]{
+		{name: "newer reads are accepted", in: []CacheRead{
 			{Key: "/a/x", ModRevision: 2, Start: 1, End: 2},
 			{Key: "/a/x", ModRevision: 4, Start: 3, End: 4},
 			{Key: "/a/y", ModRevision: 3, Start: 5, End: 6},
 			{Key: "/a/x", ModRevision: 0, Start: 7, End: 8}, // deleted meanwhile
 			{Key: "/a/x", ModRevision: 9, Start: 9, End: 10},
 		}},
-		{name: "overlapping reads may disagree", reads: []CacheRead{
+		{name: "overlapping reads may disagree", in: []CacheRead{
 			{Key: "/a/x", ModRevision: 4, Start: 1, End: 4},
 			{Key: "/a/x", ModRevision: 2, Start: 2, End: 3},
 		}},
-		{name: "a read that goes back in time is rejected", bad: true, reads: []CacheRead{
+		{name: "a read that goes back in time is rejected", bad: true, in: []CacheRead{
 			{Key: "/a/x", ModRevision: 4, Start: 1, End: 2},
 			{Key: "/a/x", ModRevision: 2, Start: 3, End: 4},
 		}},
-		{name: "a re-created key older than before its delete is rejected", bad: true, reads: []CacheRead{
+		{name: "a re-created key older than before its delete is rejected", bad: true, in: []CacheRead{
 			{Key: "/a/x", ModRevision: 8, Start: 1, End: 2},
 			{Key: "/a/x", ModRevision: 0, Start: 3, End: 4},
 			{Key: "/a/x", ModRevision: 4, Start: 5, End: 6},
 		}},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			err := CacheMonotonic(c.reads)
-			if !c.bad {
-				require.NoError(t, err)
-				return
-			}
-			require.ErrorIs(t, err, ErrBackInTime)
-			t.Log(err)
-		})
-	}
+	})
 }
 
 func TestDigestDiff(t *testing.T) {
