@@ -8,6 +8,7 @@ import (
 	"context"
 	crand "crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/tests/v3/framework/integration"
 	"go.uber.org/goleak"
@@ -81,11 +83,36 @@ func verifyNoLeaks(t *testing.T) {
 	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
 }
 
+// put writes val to key and returns the write's revision. A three-member
+// cluster on a loaded machine may time a proposal out (etcd's request
+// timeout is 5 s plus two election timeouts, and the framework's elections
+// are 100 ms); the put is then retried as a txn that writes only if key does
+// not hold val yet. The retry is ordered after the timed-out proposal in
+// the raft log, so a proposal that was applied late is not applied twice.
 func put(t testing.TB, client *clientv3.Client, key, val string) int64 {
 	t.Helper()
-	resp, err := client.Put(testContext(t), key, val)
-	require.NoError(t, err)
-	return resp.Header.Revision
+	ctx := testContext(t)
+	resp, err := client.Put(ctx, key, val)
+	if err == nil {
+		return resp.Header.Revision
+	}
+	for attempt := 1; errors.Is(err, rpctypes.ErrTimeout) && attempt < 5; attempt++ {
+		t.Logf("put %s: %v; retrying unless it was applied", key, err)
+		var txn *clientv3.TxnResponse
+		txn, err = client.Txn(ctx).
+			If(clientv3.Compare(clientv3.Value(key), "=", val)).
+			Then(clientv3.OpGet(key)).
+			Else(clientv3.OpPut(key, val)).Commit()
+		switch {
+		case err != nil:
+		case txn.Succeeded:
+			return txn.Responses[0].GetResponseRange().Kvs[0].ModRevision
+		default:
+			return txn.Header.Revision
+		}
+	}
+	require.NoError(t, err, "put %s", key)
+	return 0
 }
 
 // hostWithVersion is a hand-built host as a read from etcd should return it.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -253,19 +254,18 @@ func TestGetMultiple(t *testing.T) {
 			mu   sync.Mutex
 			revs = []int64{putHosts(t, client, keys, 0)} // revs[round]
 		)
-		writeCtx, stop := context.WithCancel(ctx)
+		// The writer stops between rounds, never in the middle of one: a
+		// round cancelled in flight may have been applied, and seen by a
+		// read, without its revision reaching revs.
+		var stopping atomic.Bool
 		done := make(chan error, 1)
 		go func() {
-			for round := 1; ; round++ {
+			for round := 1; !stopping.Load(); round++ {
 				ops := make([]clientv3.Op, len(keys))
 				for i, key := range keys {
 					ops[i] = clientv3.OpPut(key, fmt.Sprintf(`{"name":%q,"port":%d}`, key, round))
 				}
-				resp, err := client.Txn(writeCtx).Then(ops...).Commit()
-				if writeCtx.Err() != nil {
-					done <- nil
-					return
-				}
+				resp, err := client.Txn(ctx).Then(ops...).Commit()
 				if err != nil {
 					done <- err
 					return
@@ -274,6 +274,7 @@ func TestGetMultiple(t *testing.T) {
 				revs = append(revs, resp.Header.Revision)
 				mu.Unlock()
 			}
+			done <- nil
 		}()
 
 		var reads [][]*host
@@ -286,7 +287,7 @@ func TestGetMultiple(t *testing.T) {
 			reads = append(reads, got)
 			rounds[got[0].Port] = true
 		}
-		stop()
+		stopping.Store(true)
 		require.NoError(t, <-done)
 		t.Logf("%d reads saw %d of %d rounds", len(reads), len(rounds), len(revs))
 
@@ -297,6 +298,7 @@ func TestGetMultiple(t *testing.T) {
 			}
 			// The same read, done as one range at that round's revision.
 			mu.Lock()
+			require.Less(t, round, len(revs), "a read saw round %d, which the writer never saw committed", round)
 			rev := revs[round]
 			mu.Unlock()
 			want, err := storage.NewGetPrefixOp[*host](client, "/one/", clientv3.WithRev(rev)).Exec(ctx)
