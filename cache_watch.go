@@ -18,6 +18,7 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 )
 
 // cacheWatchOp is a subscription of a cache: the WatchOp that Cache.Watch
@@ -116,11 +117,11 @@ func (s *subscriber[V]) first(ctx context.Context) (int64, error) {
 func (s *subscriber[V]) follow(ctx context.Context, run *watchRun) {
 	for {
 		err := s.next(ctx)
-		switch {
-		case ctx.Err() != nil:
-			s.op.halt(run, fmt.Errorf("%s: %w", s.op.what, context.Cause(ctx)))
-			return
-		case err != nil:
+		if ctx.Err() != nil {
+			err = fmt.Errorf("%s: %w", s.op.what, context.Cause(ctx))
+		}
+		if err != nil {
+			reportStop(ctx, s.op.c.w.client.GetLogger(), zap.String("prefix", s.op.prefix), s.delivered, err)
 			s.op.halt(run, err)
 			return
 		}

@@ -161,6 +161,14 @@ func (w *watcher) stopRun(ctx context.Context, run *watchRun, rev int64, err err
 // and logs at error level a run that ended on its own; a run ended by Close
 // is not logged.
 func (w *watcher) stopping(ctx context.Context, rev int64, err error) {
+	reportStop(ctx, w.client.GetLogger(), w.logKey(), rev, err)
+}
+
+// reportStop reports why a run of the watch named by key ended with err,
+// having delivered up to rev, and logs at error level a run that ended on
+// its own. A watch ended by its owner (Close, or Stop of the cache a
+// subscription follows) is counted as closed and not logged.
+func reportStop(ctx context.Context, log *zap.Logger, key zap.Field, rev int64, err error) {
 	reason := stopReason(ctx, err)
 	for _, o := range observe.Observers() {
 		o.WatchStopped(reason)
@@ -168,7 +176,7 @@ func (w *watcher) stopping(ctx context.Context, rev int64, err error) {
 	if reason == observe.StopClosed {
 		return
 	}
-	w.client.GetLogger().Error("storage: watch stopped", w.logKey(), zap.Int64("revision", rev),
+	log.Error("storage: watch stopped", key, zap.Int64("revision", rev),
 		zap.String("reason", reason.String()), zap.Error(err))
 }
 
@@ -176,7 +184,7 @@ func (w *watcher) stopping(ctx context.Context, rev int64, err error) {
 func stopReason(ctx context.Context, err error) observe.Stop {
 	var handler handlerError
 	switch {
-	case errors.Is(err, errClosed):
+	case errors.Is(err, errClosed), errors.Is(err, errCacheStopped):
 		return observe.StopClosed
 	case errors.As(err, &handler):
 		return observe.StopHandler

@@ -208,6 +208,27 @@ func TestWatchStoppedCountsWhyEachRunEnded(t *testing.T) {
 	w.Close()
 	wait("closed")
 
+	t.Log("a cache subscription counts as a watch: a handler error, then Stop of its cache")
+	c := storage.NewCache(client, "/s/", func(h *host) string { return "/s/" + h.Name })
+	require.NoError(t, c.Start(ctx))
+	sub := c.Watch("")
+	require.NoError(t, sub.Watch(ctx, func(e *storage.Event[*host]) error {
+		if e.Key == "/s/b" {
+			return errors.New("no")
+		}
+		return nil
+	}))
+	_, err = client.Put(ctx, "/s/b", `{}`)
+	require.NoError(t, err)
+	<-sub.Error()
+	wait("handler")
+	sub.Close() // the run had stopped: Close ends nothing running
+	require.NoError(t, sub.Watch(ctx, func(*storage.Event[*host]) error { return nil }))
+	c.Stop() // ends the cache's watch and the subscription: both by their owner
+	want["reason=closed"]++
+	wait("closed")
+	sub.Close()
+
 	require.Equal(t, want, gather(t, reg, "storage_watch_stopped_total").nonZero())
 }
 
