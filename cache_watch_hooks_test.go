@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/tests/v3/framework/integration"
@@ -113,7 +114,10 @@ func waitDelivered(t *testing.T, rev int64, recs ...*chaosWatchRec) {
 
 // judgeSubscriptions checks every recorded history against the ground
 // truth (watchcheck's rules 1 to 7) and its replay against a fresh read of
-// prefix.
+// prefix. A handler gets the changes of one revision (a txn's, a re-read's
+// difference) one call at a time, so a history whose last event is at last
+// may still be missing some of them: each is judged once its replay equals
+// the fresh read, or after waitTimeout with what it has.
 func judgeSubscriptions(ctx context.Context, t *testing.T, truth *chaosRecorder, client *clientv3.Client, prefix string, last int64, recs ...*chaosWatchRec) {
 	t.Helper()
 	require.NoError(t, truth.waitReached(ctx, last))
@@ -126,6 +130,8 @@ func judgeSubscriptions(ctx context.Context, t *testing.T, truth *chaosRecorder,
 		fresh[v.Key] = watchcheck.KV{Value: v.Tag, Version: v.Version()}
 	}
 	for _, rec := range recs {
+		assert.Eventually(t, func() bool { return watchcheck.Replay(rec.history(), fresh) == nil },
+			waitTimeout, pollInterval, "%s: its replay never equalled etcd", rec.name)
 		h := rec.history()
 		require.NoError(t, watchcheck.Watch(h, tr), rec.name)
 		require.NoError(t, watchcheck.Replay(h, fresh), rec.name)
