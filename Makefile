@@ -67,11 +67,13 @@ BENCHTIME  ?= 500ms
 ## each round runs every benchmark once (-count=1), so drift on a shared
 ## machine hits lib and raw alike, where -count=10 would run lib ten times,
 ## then raw ten times; every other round runs the baselines before lib
-## (BENCH_RAW_FIRST=1). Compare two runs with: go run $(BENCHSTAT) old.txt bench.txt
+## (BENCH_RAW_FIRST=1). BENCH_1M=1 adds the 1,000,000-item sizes of the scale
+## benchmarks and runs the cache's peak-heap test at that size first. Compare two runs with: go run $(BENCHSTAT) old.txt bench.txt
 bench:
 	rm -f bench.txt
+	BENCH_1M=1 go test -count=1 -tags storage_testhooks -run '^TestCacheStartPeakHeapIsAtMostTwiceTheLoadedCache$$' -v $(PKGS)
 	for i in $$(seq $(BENCHCOUNT)); do \
-		BENCH_RAW_FIRST=$$((i % 2 == 0)) go test -run '^$$' -bench '$(BENCH)' -benchmem -count=1 -benchtime=$(BENCHTIME) $(PKGS) | tee -a bench.txt; \
+		BENCH_1M=1 BENCH_RAW_FIRST=$$((i % 2 == 0)) go test -run '^$$' -bench '$(BENCH)' -benchmem -count=1 -benchtime=$(BENCHTIME) $(PKGS) | tee -a bench.txt; \
 	done
 	go run $(BENCHSTAT) -col /impl bench.txt
 	go run ./internal/benchratio bench.txt

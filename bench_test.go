@@ -109,14 +109,14 @@ func benchServer(b *testing.B) (*clientv3.Client, context.Context) {
 	return client, ctx
 }
 
-func benchNoErr(b *testing.B, err error) {
+func benchNoErr(b testing.TB, err error) {
 	if err != nil {
 		b.Helper()
 		b.Fatal(err)
 	}
 }
 
-func benchJSON(b *testing.B, v any) []byte {
+func benchJSON(b testing.TB, v any) []byte {
 	b.Helper()
 	data, err := json.Marshal(v)
 	benchNoErr(b, err)
@@ -166,7 +166,7 @@ func benchLen(b *testing.B, got, want int) {
 
 // benchPutSmall stores n small values under prefix, grouped by ten
 // (prefix/g00000/i0 ... i9), in txns of 100 puts, and returns them by key.
-func benchPutSmall(b *testing.B, ctx context.Context, client *clientv3.Client, prefix string, n int) map[string][]byte {
+func benchPutSmall(b testing.TB, ctx context.Context, client *clientv3.Client, prefix string, n int) map[string][]byte {
 	b.Helper()
 	items := make(map[string][]byte, n)
 	var ops []clientv3.Op

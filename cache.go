@@ -372,6 +372,7 @@ func (c *cache[V]) reset(_ context.Context, kvs []*mvccpb.KeyValue, rev int64) e
 	for _, kv := range kvs {
 		items.ReplaceOrInsert(newEntry(kv))
 	}
+	c.w.hooks.loaded(kvs)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	old := c.items
