@@ -71,9 +71,9 @@ BENCHTIME  ?= 500ms
 ## benchmarks and runs the cache's peak-heap test at that size first. Compare two runs with: go run $(BENCHSTAT) old.txt bench.txt
 bench:
 	rm -f bench.txt
-	BENCH_1M=1 go test -count=1 -tags storage_testhooks -run '^TestCacheStartPeakHeapIsAtMostTwiceTheLoadedCache$$' -v $(PKGS)
+	BENCH_1M=1 go test -count=1 -timeout 40m -tags storage_testhooks -run '^TestCacheStartPeakHeapIsAtMostTwiceTheLoadedCache$$' -v $(PKGS)
 	for i in $$(seq $(BENCHCOUNT)); do \
-		BENCH_1M=1 BENCH_RAW_FIRST=$$((i % 2 == 0)) go test -run '^$$' -bench '$(BENCH)' -benchmem -count=1 -benchtime=$(BENCHTIME) $(PKGS) | tee -a bench.txt; \
+		BENCH_1M=1 BENCH_RAW_FIRST=$$((i % 2 == 0)) go test -run '^$$' -bench '$(BENCH)' -benchmem -count=1 -timeout 60m -benchtime=$(BENCHTIME) $(PKGS) | tee -a bench.txt; \
 	done
 	go run $(BENCHSTAT) -col /impl bench.txt
 	go run ./internal/benchratio bench.txt

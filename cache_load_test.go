@@ -7,7 +7,9 @@ package storage_test
 // 1,000,000 (BENCH_1M=1, as the scale benchmarks).
 
 import (
+	"context"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	"go.etcd.io/etcd/server/v3/embed"
@@ -26,14 +28,20 @@ import (
 // seen, so the measured peak is a lower bound of the true one.
 func TestCacheStartPeakHeapIsAtMostTwiceTheLoadedCache(t *testing.T) {
 	verifyNoLeaks(t)
-	n := 10_000
+	n, ctx := 10_000, testContext(t)
 	if benchScale1M {
+		// Writing and loading 1M items takes minutes: a longer bound for a
+		// hung test than testContext's.
 		n = 1_000_000
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(context.Background(), 30*time.Minute)
+		t.Cleanup(cancel)
 	}
 	c := newClient(t, storagetest.WithServerConfig(func(cfg *embed.Config) { cfg.UnsafeNoFsync = true }))
-	ctx := testContext(t)
 	const prefix = "/load/"
+	written := time.Now()
 	benchPutSmall(t, ctx, c, prefix, n)
+	t.Logf("wrote %d items in %v", n, time.Since(written).Round(time.Millisecond))
 
 	cache := storage.NewCache(c, prefix, func(v *small) string { return prefix + v.ID })
 	const samples = 20  // pages measured at most, besides the built tree
