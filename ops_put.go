@@ -158,7 +158,6 @@ func (p *putOp[V]) ClientOp(ctx context.Context) (clientv3.Op, error) {
 	if err != nil {
 		return clientv3.Op{}, fmt.Errorf("%s: %w", p.describe(), err)
 	}
-	p.data = data
 	opts := p.opts
 	if p.UpdateVersionEnabled() {
 		opts = append(opts[:len(opts):len(opts)], clientv3.WithPrevKV())
@@ -181,7 +180,9 @@ func (p *putOp[V]) ClientOp(ctx context.Context) (clientv3.Op, error) {
 		p.lease = lease
 		opts = append(opts[:len(opts):len(opts)], clientv3.WithLease(lease))
 	}
-	return p.build(string(data), opts)
+	op, err := p.build(data, opts)
+	p.data = op.ValueBytes() // the op's own copy: never modified
+	return op, err
 }
 
 // build returns the put with opts. clientv3.OpPut panics on options that do
