@@ -22,8 +22,10 @@ package storage_test
 // This file holds the helpers every benchmark shares. The benchmarks sit
 // beside what they measure: bench_value_test.go (encode, decode),
 // bench_ops_test.go, bench_lease_test.go (puts with a TTL), bench_txn_test.go,
-// bench_watch_test.go, bench_cache_test.go, bench_cache_sync_test.go, and
-// bench_clientside_test.go (the ops against a stub KV).
+// bench_watch_test.go, bench_cache_test.go, bench_cache_sync_test.go,
+// bench_scale_test.go (the cache at 10,000 to 1,000,000 items; 1M only
+// under make bench, which sets BENCH_1M=1), and bench_clientside_test.go
+// (the ops against a stub KV).
 
 import (
 	"context"
