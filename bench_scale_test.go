@@ -3,8 +3,9 @@ package storage_test
 // Benchmarks of the cache at the sizes control planes reach (cache.go,
 // watch_read.go): Start and memory at 10,000 to 1,000,000 small values, and
 // GetPrefix of ten at 1,000 to 1,000,000. The 1M data set takes a while to
-// write (see benchScale1M), so it is written only when BENCH_1M=1, which
-// make bench sets; without it the sizes stop at 100,000.
+// write and to read (see benchScale1M), so it is used only when BENCH_1M=1,
+// which make bench sets on its first rounds; without it the sizes stop at
+// 100,000.
 
 import (
 	"encoding/json"
@@ -19,8 +20,9 @@ import (
 )
 
 // benchScale1M adds the sizes of 1,000,000 items (BENCH_1M=1, set by make
-// bench). Writing them, once per process, takes about a minute on the 2-core
-// machine of docs/BENCHMARKS.md.
+// bench). Writing them, once per process, takes 30 to 50 s on the 2-core
+// machine of docs/BENCHMARKS.md; a Start at 1M takes over a minute, raw or
+// not (docs/BENCHMARKS.md says why).
 var benchScale1M = os.Getenv("BENCH_1M") == "1"
 
 // benchScaleSizes returns sizes, with 1,000,000 under BENCH_1M=1.
