@@ -50,8 +50,8 @@ func (e expectation) cmp(key string) clientv3.Cmp {
 	return clientv3.Compare(clientv3.Version(key), "=", e.version)
 }
 
-// failure says why the compare did not hold against kv, the key as read in
-// the same round trip (nil when it does not exist); nil if it held.
+// failure says why the compare did not hold against kv, the key as read at
+// the failed txn's revision (nil when it does not exist); nil if it held.
 func (e expectation) failure(what string, kv *mvccpb.KeyValue) error {
 	var version, modRevision int64 // a missing key has both 0
 	if kv != nil {

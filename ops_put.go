@@ -208,10 +208,10 @@ func (p *putOp[V]) Cmps() []clientv3.Cmp {
 	return []clientv3.Cmp{p.want.cmp(p.key)}
 }
 
-// failure explains why the op's compare did not hold against the key as the
-// else branch read it (nil if it does not exist); nil if it held, or if the
-// op sent none: another op's compare on the same key may have failed, which
-// is not this op's failure.
+// failure explains why the op's compare did not hold against the key as read
+// at the failed txn's revision (nil if it does not exist); nil if it held, or
+// if the op sent none: another op's compare on the same key may have failed,
+// which is not this op's failure.
 func (p *putOp[V]) failure(kv *mvccpb.KeyValue) error {
 	switch p.kind {
 	case putAlways:

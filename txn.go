@@ -115,7 +115,7 @@ type (
 		describe() string
 	}
 	// explainer says why the op's compare failed, given the compared key as
-	// read in the same round trip (nil when it does not exist).
+	// read at the failed txn's revision (nil when it does not exist).
 	explainer interface {
 		failure(kv *mvccpb.KeyValue) error
 	}
