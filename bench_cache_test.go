@@ -1,16 +1,14 @@
 package storage_test
 
-// Benchmarks of the cache (cache.go): reads, Start and memory on data sets
-// of up to 100,000 values.
+// Benchmark of the cache's Get (cache.go), and the data sets and paged read
+// the cache benchmarks share.
 
 import (
 	"context"
 	"encoding/json"
 	"fmt"
 	"runtime"
-	"slices"
 	"strconv"
-	"strings"
 	"testing"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -62,9 +60,9 @@ func (d *benchDataset) groupKeys(n, i int) (string, []string) {
 	return group, keys
 }
 
-// BenchmarkCache runs the cache's reads, its Start and its memory use on
-// data sets of 1,000 to 100,000 small values written to one server (the
-// writing is setup, outside the timers).
+// BenchmarkCache runs a cache's Get on a data set of 1,000 small values
+// (the writing is setup, outside the timer). Start, memory and GetPrefix at
+// sizes up to 1,000,000 are in bench_scale_test.go.
 func BenchmarkCache(b *testing.B) {
 	client, ctx := benchServer(b)
 	d := &benchDataset{ctx: ctx, client: client, sets: make(map[int]map[string][]byte)}
@@ -91,106 +89,6 @@ func BenchmarkCache(b *testing.B) {
 		)
 	})
 
-	// GetPrefix of ten items against ten Gets, and against a map of stored
-	// bytes scanned with strings.HasPrefix, matches decoded and sorted.
-	for _, n := range []int{1000, 10_000, 100_000} {
-		b.Run(fmt.Sprintf("GetPrefix/items=%d", n), func(b *testing.B) {
-			c := d.started(b, n)
-			items := d.items(b, n)
-			group, keys := d.groupKeys(n, n/2)
-			benchImpls(b,
-				benchImpl{"lib", func(b *testing.B) {
-					storage.BenchLoop(b, func() {
-						vs, err := c.GetPrefix(group).Exec(ctx)
-						benchNoErr(b, err)
-						benchLen(b, len(vs), 10)
-					})
-				}},
-				benchImpl{"gets", func(b *testing.B) {
-					storage.BenchLoop(b, func() {
-						vs := make([]*small, len(keys))
-						for i, k := range keys {
-							var err error
-							vs[i], err = c.Get(k).Exec(ctx)
-							benchNoErr(b, err)
-						}
-					})
-				}},
-				benchImpl{"mapscan", func(b *testing.B) {
-					type found struct {
-						key string
-						v   *small
-					}
-					storage.BenchLoop(b, func() {
-						var matches []found
-						for k, data := range items {
-							if strings.HasPrefix(k, group) {
-								v := new(small)
-								benchNoErr(b, json.Unmarshal(data, v))
-								matches = append(matches, found{k, v})
-							}
-						}
-						slices.SortFunc(matches, func(x, y found) int { return strings.Compare(x.key, y.key) })
-						vs := make([]*small, len(matches))
-						for i, m := range matches {
-							vs[i] = m.v
-						}
-						benchLen(b, len(vs), 10)
-					})
-				}},
-			)
-		})
-	}
-
-	// Start (a paged read at one revision, then a watch) against the same
-	// paged read and a decode of every value.
-	b.Run("Start/items=100000", func(b *testing.B) {
-		const n = 100_000
-		d.items(b, n)
-		benchImpls(b,
-			benchImpl{"lib", func(b *testing.B) {
-				c := d.newCache(n)
-				storage.BenchLoop(b, func() {
-					benchNoErr(b, c.Start(ctx))
-					b.StopTimer()
-					c.Stop()
-					b.StartTimer()
-				})
-			}},
-			benchImpl{"raw", func(b *testing.B) {
-				storage.BenchLoop(b, func() {
-					kvs, err := benchPagedRead(ctx, d.client, d.prefix(n))
-					benchNoErr(b, err)
-					benchLen(b, len(rawDecodeAll(b, kvs)), n)
-				})
-			}},
-		)
-	})
-
-	// Memory: live heap held by a started cache of 100,000 small values,
-	// per item, beside the stored bytes plus key per item.
-	b.Run("Memory/items=100000", func(b *testing.B) {
-		const n = 100_000
-		var stored int
-		for k, v := range d.items(b, n) {
-			stored += len(k) + len(v)
-		}
-		benchImpls(b,
-			benchImpl{"lib", func(b *testing.B) {
-				c := d.newCache(n)
-				var perItem float64
-				storage.BenchLoop(b, func() {
-					before := benchLiveHeap()
-					benchNoErr(b, c.Start(ctx))
-					perItem = float64(benchLiveHeap()-before) / n
-					c.Stop()
-				})
-				b.ReportMetric(perItem, "B/item")
-				b.ReportMetric(float64(stored)/n, "stored-B/item")
-				b.ReportMetric(perItem/(float64(stored)/n), "x-stored")
-			}},
-		)
-	})
 }
 
 // benchLiveHeap returns the live heap after a full collection.

@@ -60,7 +60,7 @@ func BenchmarkClientSide(b *testing.B) {
 			}},
 			benchImpl{"raw", func(b *testing.B) {
 				storage.BenchLoop(b, func() {
-					resp, err := client.Txn(ctx).If(clientv3.Compare(clientv3.Version(k), "=", 0)).Then(clientv3.OpPut(k, string(benchJSON(b, v)))).Else(clientv3.OpGet(k, clientv3.WithKeysOnly())).Commit()
+					resp, err := client.Txn(ctx).If(clientv3.Compare(clientv3.Version(k), "=", 0)).Then(clientv3.OpPut(k, string(benchJSON(b, v)))).Commit()
 					benchRequireSucceeded(b, resp, err)
 				})
 			}},
@@ -74,7 +74,7 @@ func BenchmarkClientSide(b *testing.B) {
 			}},
 			benchImpl{"raw", func(b *testing.B) {
 				storage.BenchLoop(b, func() {
-					resp, err := client.Txn(ctx).If(clientv3.Compare(clientv3.Version(k), "=", v.Version())).Then(clientv3.OpPut(k, string(benchJSON(b, v)))).Else(clientv3.OpGet(k, clientv3.WithKeysOnly())).Commit()
+					resp, err := client.Txn(ctx).If(clientv3.Compare(clientv3.Version(k), "=", v.Version())).Then(clientv3.OpPut(k, string(benchJSON(b, v)))).Commit()
 					benchRequireSucceeded(b, resp, err)
 				})
 			}},
@@ -136,11 +136,11 @@ func BenchmarkClientSide(b *testing.B) {
 			}},
 			benchImpl{"raw", func(b *testing.B) {
 				storage.BenchLoop(b, func() {
-					cmps, puts, gets := make([]clientv3.Cmp, len(keys)), make([]clientv3.Op, len(keys)), make([]clientv3.Op, len(keys))
+					cmps, puts := make([]clientv3.Cmp, len(keys)), make([]clientv3.Op, len(keys))
 					for j, k := range keys {
-						cmps[j], puts[j], gets[j] = clientv3.Compare(clientv3.Version(k), "=", 0), clientv3.OpPut(k, string(benchJSON(b, v))), clientv3.OpGet(k, clientv3.WithKeysOnly())
+						cmps[j], puts[j] = clientv3.Compare(clientv3.Version(k), "=", 0), clientv3.OpPut(k, string(benchJSON(b, v)))
 					}
-					resp, err := client.Txn(ctx).If(cmps...).Then(puts...).Else(gets...).Commit()
+					resp, err := client.Txn(ctx).If(cmps...).Then(puts...).Commit()
 					benchRequireSucceeded(b, resp, err)
 				})
 			}},

@@ -112,6 +112,16 @@ func BenchLoop(b *testing.B, body func()) {
 	}
 }
 
+// BenchParallel is b.RunParallel(body) reporting cpu-ns/op as BenchLoop
+// does.
+func BenchParallel(b *testing.B, body func(pb *testing.PB)) {
+	start, ok := processCPU()
+	b.RunParallel(body)
+	if end, ok2 := processCPU(); ok && ok2 {
+		b.ReportMetric(float64(end-start)/float64(b.N), "cpu-ns/op")
+	}
+}
+
 // processCPU returns the nanoseconds the process's threads have run, from
 // /proc/self/task/*/schedstat (nanosecond resolution, unlike the 10 ms ticks
 // of /proc/self/stat or getrusage on many kernels).

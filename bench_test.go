@@ -22,8 +22,10 @@ package storage_test
 // This file holds the helpers every benchmark shares. The benchmarks sit
 // beside what they measure: bench_value_test.go (encode, decode),
 // bench_ops_test.go, bench_lease_test.go (puts with a TTL), bench_txn_test.go,
-// bench_watch_test.go, bench_cache_test.go, bench_cache_sync_test.go, and
-// bench_clientside_test.go (the ops against a stub KV).
+// bench_watch_test.go, bench_cache_test.go, bench_cache_sync_test.go,
+// bench_scale_test.go (the cache at 10,000 to 1,000,000 items; 1M only
+// under make bench, which sets BENCH_1M=1), and bench_clientside_test.go
+// (the ops against a stub KV).
 
 import (
 	"context"
@@ -109,14 +111,14 @@ func benchServer(b *testing.B) (*clientv3.Client, context.Context) {
 	return client, ctx
 }
 
-func benchNoErr(b *testing.B, err error) {
+func benchNoErr(b testing.TB, err error) {
 	if err != nil {
 		b.Helper()
 		b.Fatal(err)
 	}
 }
 
-func benchJSON(b *testing.B, v any) []byte {
+func benchJSON(b testing.TB, v any) []byte {
 	b.Helper()
 	data, err := json.Marshal(v)
 	benchNoErr(b, err)
@@ -166,7 +168,7 @@ func benchLen(b *testing.B, got, want int) {
 
 // benchPutSmall stores n small values under prefix, grouped by ten
 // (prefix/g00000/i0 ... i9), in txns of 100 puts, and returns them by key.
-func benchPutSmall(b *testing.B, ctx context.Context, client *clientv3.Client, prefix string, n int) map[string][]byte {
+func benchPutSmall(b testing.TB, ctx context.Context, client *clientv3.Client, prefix string, n int) map[string][]byte {
 	b.Helper()
 	items := make(map[string][]byte, n)
 	var ops []clientv3.Op

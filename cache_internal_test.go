@@ -106,7 +106,7 @@ func wroteDeletePrefix(prefix string, rev int64) replayStep {
 // newTestCache returns a cache of /p/ started by a read of stored at startRev.
 func newTestCache(t *testing.T, stored ...kvAt) *cache[*testItem] {
 	t.Helper()
-	c := &cache[*testItem]{prefix: "/p/", keyOf: func(v *testItem) string { return "/p/" + v.Name }}
+	c := &cache[*testItem]{prefix: "/p/", keyOf: func(v *testItem) string { return "/p/" + v.Name }, w: new(watcher)}
 	require.NoError(t, c.reset(context.Background(), storedKVs(stored), startRev))
 	return c
 }
@@ -320,7 +320,7 @@ func TestCacheOrdersWritesAndWatchEventsByRevision(t *testing.T) {
 }
 
 func TestCacheWriteThroughBeforeStartIsIgnored(t *testing.T) {
-	c := &cache[*testItem]{prefix: "/p/", keyOf: func(v *testItem) string { return "/p/" + v.Name }}
+	c := &cache[*testItem]{prefix: "/p/", keyOf: func(v *testItem) string { return "/p/" + v.Name }, w: new(watcher)}
 	c.writePut("/p/a", testItemBytes("a"), 1, 12)
 	c.writeDelete("/p/b", false, 13)
 	c.writeDelete("/p/d/", true, 14)

@@ -3,16 +3,21 @@ package storage
 import (
 	"bytes"
 	"cmp"
+	"context"
 	"fmt"
 	"reflect"
+	"slices"
+	"strings"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// A failed transaction is explained in the same round trip, from its else
-// branch, which reads the compared keys. The package's own conditional ops
+// A failed transaction is explained by one read of the compared keys at its
+// revision (the transaction itself carries no else branch: etcd writes a
+// request whole to its log, so 100 reads in an else branch made a txn of
+// 100 creates 1.25x the minimal one on the path that succeeds). The package's own conditional ops
 // keep, beside the one compare each sends, what it expects (an expectation),
 // and judge it against their key as read. A compare from an op written
 // elsewhere is judged as etcd judges it (etcd's applyCompare), which needs
@@ -45,8 +50,8 @@ func (e expectation) cmp(key string) clientv3.Cmp {
 	return clientv3.Compare(clientv3.Version(key), "=", e.version)
 }
 
-// failure says why the compare did not hold against kv, the key as read in
-// the same round trip (nil when it does not exist); nil if it held.
+// failure says why the compare did not hold against kv, the key as read at
+// the failed txn's revision (nil when it does not exist); nil if it held.
 func (e expectation) failure(what string, kv *mvccpb.KeyValue) error {
 	var version, modRevision int64 // a missing key has both 0
 	if kv != nil {
@@ -91,13 +96,13 @@ func collectCmps(ops []TxnOperation) txnCmps {
 // cmpRange is what a compare is on: a key, or the range [key, end).
 type cmpRange struct{ key, end string }
 
-// elseOps returns the else branch: one read of each key or range compared,
-// once each, which gives the stored versions and revisions. It reads keys
-// only, unless a foreign compare on it is on the value. A range is read
-// whole, as etcd compares every key in it; only a failed txn runs the reads.
-// There is a read per compare at most, so the branch stays within
-// --max-txn-ops when the compares do.
-func (c txnCmps) elseOps() []clientv3.Op {
+// readOps returns the reads that explain a failure: one read of each key or
+// range compared, once each, at rev, which gives the stored versions and
+// revisions. It reads keys only, unless a foreign compare on it is on the
+// value. A range is read whole, as etcd compares every key in it. There is
+// a read per compare at most, so the reads stay within --max-txn-ops when
+// the compares do.
+func (c txnCmps) readOps(rev int64) []clientv3.Op {
 	reads := make([]cmpRange, 0, len(c.all))
 	needValue := make(map[cmpRange]bool, len(c.all))
 	add := func(r cmpRange, value bool) {
@@ -121,7 +126,7 @@ func (c txnCmps) elseOps() []clientv3.Op {
 	}
 	ops := make([]clientv3.Op, len(reads))
 	for i, r := range reads {
-		var opts []clientv3.OpOption
+		opts := []clientv3.OpOption{clientv3.WithRev(rev)}
 		if r.end != "" {
 			opts = append(opts, clientv3.WithRange(r.end))
 		}
@@ -133,12 +138,24 @@ func (c txnCmps) elseOps() []clientv3.Op {
 	return ops
 }
 
-// explain builds the error of a failed transaction from the responses of its
-// else branch (elseOps): each failed op, and why. An op from elsewhere is
-// named by the kind and key of the op it sent, once per failed compare.
-func (c txnCmps) explain(ops []TxnOperation, clientOps []clientv3.Op, reads []*pb.ResponseOp) error {
+// explain builds the error of a transaction that failed at rev from a read
+// of the compared keys at rev (readOps): each failed op, and why. An op from
+// elsewhere is named by the kind and key of the op it sent, once per failed
+// compare. If the read fails, the error names the compared keys.
+func (c txnCmps) explain(ctx context.Context, client *clientv3.Client, ops []TxnOperation, clientOps []clientv3.Op, rev int64) error {
+	resp, err := client.Txn(ctx).Then(c.readOps(rev)...).Commit()
+	if err != nil {
+		keys := make([]string, 0, len(c.all))
+		for j := range c.all {
+			if k := string(c.all[j].KeyBytes()); !slices.Contains(keys, k) {
+				keys = append(keys, k)
+			}
+		}
+		return &txnFailedError{unexplained: fmt.Errorf("a compare on %s failed; reading them at revision %d to say which: %w",
+			strings.Join(keys, ", "), rev, err)}
+	}
 	stored := make(map[string]*mvccpb.KeyValue)
-	for _, r := range reads {
+	for _, r := range resp.Responses {
 		for _, kv := range r.GetResponseRange().GetKvs() {
 			// A key read twice, alone and in a range, keeps the read with
 			// its value, if one had it.

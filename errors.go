@@ -43,9 +43,15 @@ var (
 // would for the op run alone.
 type txnFailedError struct {
 	failed []error // one per failed op, each naming the op and key
+	// unexplained is why the failed ops are unknown: the read that was to
+	// tell them failed. It names the compared keys and wraps that read's error.
+	unexplained error
 }
 
 func (e *txnFailedError) Error() string {
+	if e.unexplained != nil {
+		return fmt.Sprintf("txn: %v: %v", ErrOperationConstraintViolated, e.unexplained)
+	}
 	msgs := make([]string, len(e.failed))
 	for i, err := range e.failed {
 		msgs[i] = err.Error()
@@ -54,6 +60,9 @@ func (e *txnFailedError) Error() string {
 }
 
 func (e *txnFailedError) Unwrap() []error {
+	if e.unexplained != nil {
+		return []error{ErrOperationConstraintViolated, e.unexplained}
+	}
 	return append([]error{ErrOperationConstraintViolated}, e.failed...)
 }
 

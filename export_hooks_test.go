@@ -42,3 +42,11 @@ func SetWatchRestartHook[V Value](op WatchOp[V], f func(lastRev, readRev int64))
 // SetWatchPageHook has a WatchOp call f (before Watch) between the pages of
 // its paged reads, after each page that has more to come.
 func SetWatchPageHook[V Value](op WatchOp[V], f func()) { op.(*watchOp[V]).w.hooks.onPage = f }
+
+// SetCacheLoadHooks has a Cache call onPage (before Start) between the pages
+// of its reads, after each page that has more to come, and onLoaded once it
+// has built the tree of a read's items, while it still holds them.
+func SetCacheLoadHooks[V Value](c Cache[V], onPage, onLoaded func()) {
+	h := &c.(*cache[V]).w.hooks
+	h.onPage, h.onLoaded = onPage, onLoaded
+}

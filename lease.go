@@ -3,9 +3,11 @@ package storage
 import (
 	"context"
 	"fmt"
+	"maps"
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 	"weak"
 
@@ -40,8 +42,11 @@ const maxLeaseTTL = 9_000_000_000
 type leaseManager struct {
 	granting chan struct{} // cap 1: held while a grant is in flight
 
-	mu     sync.Mutex // protects leases
-	leases map[int64]grantedLease
+	// leases maps a TTL group to its current lease. The map is never
+	// modified: writers, under mu, store a changed copy, so that the puts
+	// that find a current lease (nearly all) read it without a lock.
+	mu     sync.Mutex
+	leases atomic.Pointer[map[int64]grantedLease]
 }
 
 type grantedLease struct {
@@ -59,10 +64,7 @@ func leasesOf(client *clientv3.Client) *leaseManager {
 	if m, ok := leaseManagers.Load(key); ok {
 		return m.(*leaseManager)
 	}
-	m, loaded := leaseManagers.LoadOrStore(key, &leaseManager{
-		granting: make(chan struct{}, 1),
-		leases:   make(map[int64]grantedLease),
-	})
+	m, loaded := leaseManagers.LoadOrStore(key, &leaseManager{granting: make(chan struct{}, 1)})
 	if !loaded {
 		runtime.AddCleanup(client, func(k weak.Pointer[clientv3.Client]) { leaseManagers.Delete(k) }, key)
 	}
@@ -97,18 +99,22 @@ func grantLease(ctx context.Context, client *clientv3.Client, ttl time.Duration)
 	}
 	observeLeaseGrant()
 	m.mu.Lock()
+	defer m.mu.Unlock()
+	leases := m.copyLeasesLocked()
 	// etcd grants at most maxLeaseTTL; min keeps the product in range
 	// whatever a server answers.
-	m.leases[seconds] = grantedLease{id: resp.ID, expires: sent.Add(time.Duration(min(resp.TTL, maxLeaseTTL)) * time.Second)}
-	m.mu.Unlock()
+	leases[seconds] = grantedLease{id: resp.ID, expires: sent.Add(time.Duration(min(resp.TTL, maxLeaseTTL)) * time.Second)}
+	m.leases.Store(&leases)
 	return resp.ID, nil
 }
 
 // current returns the group's lease if it has at least ttl left.
 func (m *leaseManager) current(seconds int64, ttl time.Duration) (clientv3.LeaseID, bool) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	l, ok := m.leases[seconds]
+	leases := m.leases.Load()
+	if leases == nil {
+		return 0, false
+	}
+	l, ok := (*leases)[seconds]
 	if !ok || time.Until(l.expires) < ttl+leaseMargin {
 		return 0, false
 	}
@@ -122,11 +128,21 @@ func (m *leaseManager) current(seconds int64, ttl time.Duration) (clientv3.Lease
 func (m *leaseManager) forget(ids []clientv3.LeaseID) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for seconds, l := range m.leases {
+	leases := m.copyLeasesLocked()
+	for seconds, l := range leases {
 		if slices.Contains(ids, l.id) {
-			delete(m.leases, seconds)
+			delete(leases, seconds)
 		}
 	}
+	m.leases.Store(&leases)
+}
+
+// copyLeasesLocked returns a copy of the leases to change and store.
+func (m *leaseManager) copyLeasesLocked() map[int64]grantedLease {
+	if leases := m.leases.Load(); leases != nil {
+		return maps.Clone(*leases)
+	}
+	return make(map[int64]grantedLease)
 }
 
 // leaseSeconds is ceil(ttl + 0.5s) in seconds, at most maxLeaseTTL (a ttl

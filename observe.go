@@ -250,14 +250,15 @@ func (gauges) Leases() map[int64]int {
 	counts := make(map[int64]int)
 	now := time.Now()
 	leaseManagers.Range(func(_, v any) bool {
-		m := v.(*leaseManager)
-		m.mu.Lock()
-		for seconds, l := range m.leases {
+		leases := v.(*leaseManager).leases.Load() // copy-on-write: no lock needed
+		if leases == nil {
+			return true
+		}
+		for seconds, l := range *leases {
 			if l.expires.After(now) {
 				counts[seconds]++
 			}
 		}
-		m.mu.Unlock()
 		return true
 	})
 	return counts

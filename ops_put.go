@@ -172,7 +172,6 @@ func (p *putOp[V]) ClientOp(ctx context.Context) (clientv3.Op, error) {
 	if err != nil {
 		return clientv3.Op{}, fmt.Errorf("%s: %w", p.describe(), err)
 	}
-	p.data = data
 	opts := p.opts
 	if p.UpdateVersionEnabled() {
 		opts = append(opts[:len(opts):len(opts)], clientv3.WithPrevKV())
@@ -195,7 +194,9 @@ func (p *putOp[V]) ClientOp(ctx context.Context) (clientv3.Op, error) {
 		p.lease = lease
 		opts = append(opts[:len(opts):len(opts)], clientv3.WithLease(lease))
 	}
-	return p.build(string(data), opts)
+	op, err := p.build(data, opts)
+	p.data = op.ValueBytes() // the op's own copy: never modified
+	return op, err
 }
 
 // build returns the put with opts. clientv3.OpPut panics on options that do
@@ -221,10 +222,10 @@ func (p *putOp[V]) Cmps() []clientv3.Cmp {
 	return []clientv3.Cmp{p.want.cmp(p.key)}
 }
 
-// failure explains why the op's compare did not hold against the key as the
-// else branch read it (nil if it does not exist); nil if it held, or if the
-// op sent none: another op's compare on the same key may have failed, which
-// is not this op's failure.
+// failure explains why the op's compare did not hold against the key as read
+// at the failed txn's revision (nil if it does not exist); nil if it held, or
+// if the op sent none: another op's compare on the same key may have failed,
+// which is not this op's failure.
 func (p *putOp[V]) failure(kv *mvccpb.KeyValue) error {
 	switch p.kind {
 	case putAlways:

@@ -8,7 +8,10 @@ package storage
 // hook is an empty method the compiler inlines away, so no hook or canary
 // code reaches a program that imports the package.
 
-import clientv3 "go.etcd.io/etcd/client/v3"
+import (
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
 
 // testHooks is empty outside tests.
 type testHooks struct{}
@@ -19,6 +22,10 @@ func (testHooks) restarted(lastRev, readRev int64) {}
 
 // betweenPages is called by a paged read after each page with more to come.
 func (testHooks) betweenPages() {}
+
+// loaded is called by a cache's reset once it has built its tree, with the
+// read's items.
+func (testHooks) loaded([]*mvccpb.KeyValue) {}
 
 // watchAfter is the revision a watch starts after: the one it reached.
 func (testHooks) watchAfter(rev int64) int64 { return rev }

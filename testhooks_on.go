@@ -6,7 +6,12 @@ package storage
 // make chaos-canary pass it; testhooks_off.go is the normal build's). Tests
 // set them through export_hooks_test.go before a run starts.
 
-import clientv3 "go.etcd.io/etcd/client/v3"
+import (
+	"runtime"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
 
 // testHooks holds what tests set on a watcher.
 type testHooks struct {
@@ -23,6 +28,10 @@ type testHooks struct {
 	// onPage is called by a paged read after each page that has more to
 	// come: tests compact there.
 	onPage func()
+	// onLoaded is called by a cache's reset once it has built the tree of
+	// a read's items, while the read's items are still held: the peak of
+	// memory during Start.
+	onLoaded func()
 }
 
 // canary names a deliberately broken watch behaviour.
@@ -46,6 +55,13 @@ func (h testHooks) betweenPages() {
 	if h.onPage != nil {
 		h.onPage()
 	}
+}
+
+func (h testHooks) loaded(kvs []*mvccpb.KeyValue) {
+	if h.onLoaded != nil {
+		h.onLoaded()
+	}
+	runtime.KeepAlive(kvs) // held until here, as the peak has them
 }
 
 func (h testHooks) watchAfter(rev int64) int64 {

@@ -50,8 +50,12 @@ type Txn interface {
 	// When a compare fails, nothing is written, and the error wraps
 	// [ErrOperationConstraintViolated] and each failed op's own error, so
 	// errors.Is finds [ErrAlreadyExists] or [ErrValueVersionMismatch]. Its
-	// message names every failed op and why, learned in the same round trip.
-	// An op without a compare of its own is never named. Every op gets the
+	// message names every failed op and why, learned from one read of the
+	// compared keys at the failed transaction's revision, which sees what its
+	// compares saw. An op without a compare of its own is never named. Should
+	// that read fail (etcd compacted past the revision meanwhile, the context
+	// ended), the error still wraps ErrOperationConstraintViolated, names the
+	// ops that sent compares, and wraps the read's error. Every op gets the
 	// response's revision either way.
 	//
 	// A transaction beyond a limit fails with an error that names the limit
@@ -114,7 +118,7 @@ type (
 		describe() string
 	}
 	// explainer says why the op's compare failed, given the compared key as
-	// read in the same round trip (nil when it does not exist).
+	// read at the failed txn's revision (nil when it does not exist).
 	explainer interface {
 		failure(kv *mvccpb.KeyValue) error
 	}
@@ -171,8 +175,10 @@ func commit(ctx context.Context, client *clientv3.Client, ops []TxnOperation) er
 }
 
 // commitOnce runs ops in one request: a plain op when there is one op and no
-// compare, else a transaction whose else branch reads the compared keys, so
-// a failure is explained without a second round trip.
+// compare, else a transaction of the compares and the ops alone. Success,
+// the common case, costs that one request; a failed compare is explained by
+// a second one, which reads the compared keys at the failed transaction's
+// revision: the state its compares were judged against.
 func commitOnce(ctx context.Context, client *clientv3.Client, ops []TxnOperation) error {
 	if len(ops) == 0 {
 		return nil
@@ -196,18 +202,15 @@ func commitOnce(ctx context.Context, client *clientv3.Client, ops []TxnOperation
 		return commitOne(ctx, client, ops[0], clientOps[0])
 	}
 
-	resp, err := client.Txn(ctx).If(cmps.all...).Then(clientOps...).Else(cmps.elseOps()...).Commit()
+	resp, err := client.Txn(ctx).If(cmps.all...).Then(clientOps...).Commit()
 	if err != nil {
-		// The else branch (one op per compare at most) never outnumbers the
-		// compares, so the caller's ops and compares are the counts that hit
-		// a limit.
 		return wrapRequestErr(describeTxn(ops), err, len(clientOps), len(cmps.all))
 	}
 	for _, op := range ops {
 		op.UpdateRevision(resp.Header.Revision)
 	}
 	if !resp.Succeeded {
-		return cmps.explain(ops, clientOps, resp.Responses)
+		return cmps.explain(ctx, client, ops, clientOps, resp.Header.Revision)
 	}
 	prevKVs := make(map[string]*mvccpb.KeyValue)
 	for i, r := range resp.Responses {

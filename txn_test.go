@@ -7,15 +7,18 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -726,4 +729,73 @@ func TestTxnRefusesDeletingTheWholeKeyspaceFirst(t *testing.T) {
 			assert.Empty(t, leases.Leases, "the refused txn granted a lease")
 		})
 	}
+}
+
+// beforeExplainRead returns a client option that calls f before the client
+// sends the read that explains a failed txn: a txn without compares of
+// reads pinned to a revision.
+func beforeExplainRead(f func()) storagetest.Option {
+	return storagetest.WithClientConfig(func(cfg *clientv3.Config) {
+		cfg.DialOptions = append(cfg.DialOptions, grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any,
+			cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+			if r, ok := req.(*pb.TxnRequest); ok && len(r.Compare) == 0 && len(r.Success) > 0 && r.Success[0].GetRequestRange().GetRevision() > 0 {
+				f()
+			}
+			return invoker(ctx, method, req, reply, cc, opts...)
+		}))
+	})
+}
+
+// TestTxnFailureIsExplainedAsOfTheFailedRevision: the key changes between
+// the failed txn and the read that explains it; the explanation gives the
+// version the compare saw, not the newer one.
+func TestTxnFailureIsExplainedAsOfTheFailedRevision(t *testing.T) {
+	var c *clientv3.Client
+	var reads atomic.Int32
+	c = newClient(t, beforeExplainRead(func() {
+		reads.Add(1)
+		put(t, c, "/a", "later") // version 3
+	}))
+	put(t, c, "/a", "1")
+	put(t, c, "/a", "2")
+	update := storage.NewUpdateOp(c, "/a", hostWithVersion("x", 0, 1))
+	err := storage.NewTxn(c, update, storage.NewCreateOp(c, "/b", &host{Name: "x"})).Commit(testContext(t))
+	require.ErrorIs(t, err, storage.ErrOperationConstraintViolated)
+	require.ErrorIs(t, err, storage.ErrValueVersionMismatch)
+	require.ErrorContains(t, err, "update /a: version 1, stored 2")
+	require.NotContains(t, err.Error(), "/b", "the create's compare held")
+	require.EqualValues(t, 1, reads.Load(), "explaining reads sent")
+	require.EqualValues(t, 3, storedKV(t, c, "/a").Version, "the key changed before the explaining read")
+}
+
+// TestTxnFailureWhoseExplainingReadFailsSaysWhatIsKnown: etcd compacts past
+// the failed txn's revision before the read that was to explain it. The
+// error still wraps ErrOperationConstraintViolated, names the compared keys
+// and wraps the read's error.
+func TestTxnFailureWhoseExplainingReadFailsSaysWhatIsKnown(t *testing.T) {
+	var c *clientv3.Client
+	var reads atomic.Int32
+	c = newClient(t, beforeExplainRead(func() {
+		reads.Add(1)
+		rev := put(t, c, "/elsewhere", "x")
+		_, err := c.Compact(testContext(t), rev, clientv3.WithCompactPhysical())
+		require.NoError(t, err)
+	}))
+	put(t, c, "/a", "1")
+	err := storage.NewTxn(c,
+		storage.NewCreateOp(c, "/a", &host{Name: "x"}),
+		storage.NewCreateOp(c, "/b", &host{Name: "x"}),
+	).Commit(testContext(t))
+	require.ErrorIs(t, err, storage.ErrOperationConstraintViolated)
+	require.ErrorIs(t, err, rpctypes.ErrCompacted)
+	require.NotErrorIs(t, err, storage.ErrAlreadyExists, "which compare failed is unknown")
+	require.ErrorContains(t, err, "a compare on /a, /b failed")
+	require.EqualValues(t, 1, reads.Load(), "explaining reads sent")
+	require.Nil(t, storedKV(t, c, "/b"), "nothing written")
+
+	// Alone, the op's error is the same.
+	err = storage.NewCreateOp(c, "/a", &host{Name: "x"}).Exec(testContext(t))
+	require.ErrorIs(t, err, storage.ErrOperationConstraintViolated)
+	require.ErrorIs(t, err, rpctypes.ErrCompacted)
+	require.ErrorContains(t, err, "a compare on /a failed")
 }

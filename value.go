@@ -160,17 +160,39 @@ func isNil(v any) bool {
 	return rv.Kind() == reflect.Pointer && rv.IsNil()
 }
 
-// encodeValue returns the stored bytes of v: its JSON, gzip-compressed when
-// the JSON is compressThreshold bytes or longer.
-func encodeValue(key string, v any) ([]byte, error) {
-	data, err := json.Marshal(v)
-	if err != nil {
-		return nil, fmt.Errorf("failed to encode %q: %w", key, err)
+// jsonEncoder is a pooled encoder with the buffer it writes to.
+type jsonEncoder struct {
+	buf bytes.Buffer
+	enc *json.Encoder
+}
+
+var jsonEncoderPool = sync.Pool{New: func() any {
+	e := new(jsonEncoder)
+	e.enc = json.NewEncoder(&e.buf)
+	return e
+}}
+
+// encodeValue returns the stored bytes of v, as the string a clientv3 put
+// takes: its JSON, gzip-compressed when the JSON is compressThreshold bytes
+// or longer. The JSON is written into a pooled buffer, so that the string
+// is its one copy (json.Marshal would make another).
+func encodeValue(key string, v any) (string, error) {
+	e := jsonEncoderPool.Get().(*jsonEncoder)
+	defer func() {
+		if e.buf.Cap() <= maxPooledBuffer {
+			e.buf.Reset()
+			jsonEncoderPool.Put(e)
+		}
+	}()
+	// Encode writes what json.Marshal returns, and a newline.
+	if err := e.enc.Encode(v); err != nil {
+		return "", fmt.Errorf("failed to encode %q: %w", key, err)
 	}
+	data := e.buf.Bytes()[:e.buf.Len()-1]
 	if len(data) < compressThreshold {
-		return data, nil
+		return string(data), nil
 	}
-	return compress(data), nil
+	return string(compress(data)), nil
 }
 
 // compress gzips data (RFC 1952, readable by compress/gzip) with a pooled

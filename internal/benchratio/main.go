@@ -263,15 +263,25 @@ var checks = func() []check {
 		{target: "decompress step: 0 allocs/op", num: lib("Decompress", "allocs/op"), max: 0},
 		t("Cache/Get/items=1000", "raw", 1.25, "Cache Get ≤ 1.25x json.Unmarshal"),
 	}
-	for _, n := range []string{"1000", "10000", "100000"} {
-		cs = append(cs, t("Cache/GetPrefix/items="+n, "gets", 1.5, "Cache GetPrefix of 10 ≤ 1.5x ten Cache Gets at "+n))
+	for _, n := range []string{"1000", "10000", "100000", "1000000"} {
+		cs = append(cs, t("Scale/GetPrefix/items="+n, "gets", 1.5, "Cache GetPrefix of 10 ≤ 1.5x ten Cache Gets at "+n))
+	}
+	flat := func(n string) check {
+		return check{target: "Cache GetPrefix(10) flat: " + n + " items ≤ 1.2x 1000 items",
+			num: lib("Scale/GetPrefix/items="+n, "ns/op"), den: lib("Scale/GetPrefix/items=1000", "ns/op"), max: 1.2}
 	}
 	cs = append(cs,
-		check{target: "Cache GetPrefix flat: 100,000 items ≤ 1.3x 1,000 items",
-			num: lib("Cache/GetPrefix/items=100000", "ns/op"), den: lib("Cache/GetPrefix/items=1000", "ns/op"), max: 1.3},
-		t("Cache/GetPrefix/items=10000", "mapscan", 1/5.0, "Cache GetPrefix ≥ 5x faster than a map scan at 10,000 (ratio ≤ 0.2)"),
-		t("Cache/Start/items=100000", "raw", 1.3, "Cache Start 100k ≤ 1.3x raw paged read + decode"),
-		check{target: "cache memory per item ≤ 2x stored bytes + key", num: lib("Cache/Memory/items=100000", "x-stored"), max: 2},
+		flat("100000"),
+		flat("1000000"),
+		t("Scale/GetPrefix/items=10000", "mapscan", 1/5.0, "Cache GetPrefix ≥ 5x faster than a map scan at 10,000 (ratio ≤ 0.2)"),
+		t("Scale/Start/items=100000", "raw", 1.1, "Cache Start 100k ≤ 1.1x raw paged read"),
+		t("Scale/Start/items=1000000", "raw", 1.1, "Cache Start 1M ≤ 1.1x raw paged read"),
+		check{target: "cache memory per item ≤ 1.3x stored bytes + key at 100k", num: lib("Scale/Memory/items=100000", "x-stored"), max: 1.3},
+		check{target: "cache memory per item ≤ 1.3x stored bytes + key at 1M", num: lib("Scale/Memory/items=1000000", "x-stored"), max: 1.3},
+		t("Txn/creates=100", "raw", 1.05, "Txn of 100 creates ≤ 1.05x raw"),
+		t("PutTTL", "raw-lease", 1.05, "Puts with TTL ≤ 1.05x raw puts with a pre-granted lease"),
+		// Throughput ≥ 0.95x raw is time per op ≤ 1/0.95x.
+		t("UpdateParallel", "raw", 1/0.95, "64 parallel updaters ≥ 0.95x raw throughput (time ratio ≤ 1.053)"),
 		t("WatchPrefix/events=100", "raw", 1.2, "watch delivery ≤ 1.2x raw"),
 		t("PutTTL", "raw", 1.1, "Puts with TTL ≤ 1.1x plain Puts"),
 		t("CacheSync", "raw", 0.5, "Cache Sync + GetPrefix(100 of 10,000), 64 readers ≥ 2x a linearizable range + decode (ratio ≤ 0.5)"),

@@ -1,0 +1,155 @@
+package storage_test
+
+// Benchmarks of the cache at the sizes control planes reach (cache.go,
+// watch_read.go): Start and memory at 10,000 to 1,000,000 small values, and
+// GetPrefix of ten at 1,000 to 1,000,000. The 1M data set takes a while to
+// write and to read (see benchScale1M), so it is used only when BENCH_1M=1,
+// which make bench sets on its first rounds; without it the sizes stop at
+// 100,000.
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/etcdkit/storage"
+)
+
+// benchScale1M adds the sizes of 1,000,000 items (BENCH_1M=1, set by make
+// bench). Writing them, once per process, takes 30 to 50 s on the 2-core
+// machine of docs/BENCHMARKS.md; a Start at 1M takes over a minute, raw or
+// not (docs/BENCHMARKS.md says why).
+var benchScale1M = os.Getenv("BENCH_1M") == "1"
+
+// benchScaleSizes returns sizes, with 1,000,000 under BENCH_1M=1.
+func benchScaleSizes(sizes ...int) []int {
+	if benchScale1M {
+		sizes = append(sizes, 1_000_000)
+	}
+	return sizes
+}
+
+// BenchmarkScale runs Start, memory and GetPrefix of a cache on data sets
+// of up to 1,000,000 small values (about 150 bytes of JSON each) written to
+// one server. Writing a data set is setup, outside the timers, done once
+// per process; the log says how long it took.
+func BenchmarkScale(b *testing.B) {
+	client, ctx := benchServer(b)
+	d := &benchDataset{ctx: ctx, client: client, sets: make(map[int]map[string][]byte)}
+	items := func(b *testing.B, n int) map[string][]byte {
+		if d.sets[n] == nil {
+			start := time.Now()
+			d.items(b, n)
+			b.Logf("wrote %d items in %v", n, time.Since(start).Round(time.Millisecond))
+		}
+		return d.sets[n]
+	}
+
+	// Start (a paged read at one revision, then a watch) against the same
+	// paged read with clientv3, holding what it read.
+	for _, n := range benchScaleSizes(10_000, 100_000) {
+		b.Run(fmt.Sprintf("Start/items=%d", n), func(b *testing.B) {
+			items(b, n)
+			benchImpls(b,
+				benchImpl{"lib", func(b *testing.B) {
+					c := d.newCache(n)
+					storage.BenchLoop(b, func() {
+						benchNoErr(b, c.Start(ctx))
+						b.StopTimer()
+						c.Stop()
+						b.StartTimer()
+					})
+				}},
+				benchImpl{"raw", func(b *testing.B) {
+					storage.BenchLoop(b, func() {
+						kvs, err := benchPagedRead(ctx, client, d.prefix(n))
+						benchNoErr(b, err)
+						benchLen(b, len(kvs), n)
+					})
+				}},
+			)
+		})
+	}
+
+	// Memory: the live heap a started cache holds per item, beside the
+	// stored bytes plus key per item.
+	for _, n := range benchScaleSizes(10_000, 100_000) {
+		b.Run(fmt.Sprintf("Memory/items=%d", n), func(b *testing.B) {
+			var stored int
+			for k, v := range items(b, n) {
+				stored += len(k) + len(v)
+			}
+			benchImpls(b,
+				benchImpl{"lib", func(b *testing.B) {
+					c := d.newCache(n)
+					var perItem float64
+					storage.BenchLoop(b, func() {
+						before := benchLiveHeap()
+						benchNoErr(b, c.Start(ctx))
+						perItem = float64(benchLiveHeap()-before) / float64(n)
+						c.Stop()
+					})
+					b.ReportMetric(perItem, "B/item")
+					b.ReportMetric(float64(stored)/float64(n), "stored-B/item")
+					b.ReportMetric(perItem/(float64(stored)/float64(n)), "x-stored")
+				}},
+			)
+		})
+	}
+
+	// GetPrefix of ten items, O(log n + 10): flat from 1,000 items on.
+	// Against ten Gets, and against a map of stored bytes scanned with
+	// strings.HasPrefix, matches decoded and sorted.
+	for _, n := range benchScaleSizes(1000, 10_000, 100_000) {
+		b.Run(fmt.Sprintf("GetPrefix/items=%d", n), func(b *testing.B) {
+			items := items(b, n)
+			c := d.started(b, n)
+			group, keys := d.groupKeys(n, n/2)
+			benchImpls(b,
+				benchImpl{"lib", func(b *testing.B) {
+					storage.BenchLoop(b, func() {
+						vs, err := c.GetPrefix(group).Exec(ctx)
+						benchNoErr(b, err)
+						benchLen(b, len(vs), 10)
+					})
+				}},
+				benchImpl{"gets", func(b *testing.B) {
+					storage.BenchLoop(b, func() {
+						vs := make([]*small, len(keys))
+						for i, k := range keys {
+							var err error
+							vs[i], err = c.Get(k).Exec(ctx)
+							benchNoErr(b, err)
+						}
+					})
+				}},
+				benchImpl{"mapscan", func(b *testing.B) {
+					type found struct {
+						key string
+						v   *small
+					}
+					storage.BenchLoop(b, func() {
+						var matches []found
+						for k, data := range items {
+							if strings.HasPrefix(k, group) {
+								v := new(small)
+								benchNoErr(b, json.Unmarshal(data, v))
+								matches = append(matches, found{k, v})
+							}
+						}
+						slices.SortFunc(matches, func(x, y found) int { return strings.Compare(x.key, y.key) })
+						vs := make([]*small, len(matches))
+						for i, m := range matches {
+							vs[i] = m.v
+						}
+						benchLen(b, len(vs), 10)
+					})
+				}},
+			)
+		})
+	}
+}
