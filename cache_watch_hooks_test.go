@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -255,10 +256,7 @@ func TestFaultCacheWatchAcrossAMemberRestartAndAPartition(t *testing.T) {
 	ctx := testContext(t)
 	const prefix = "/flt/"
 	member := clus.Members[0]
-	var others []*integration.Member
-	for _, m := range clus.Members[1:] {
-		others = append(others, m)
-	}
+	others := slices.Clone(clus.Members[1:])
 	writer := clus.Client(1)
 	truth := startChaosRecorder(clus.Client(2), prefix, currentRevision(t, writer))
 	t.Cleanup(truth.stop)
