@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/etcdkit/storage"
+	"github.com/etcdkit/storage/internal/clustertest"
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/tests/v3/framework/integration"
@@ -23,7 +24,7 @@ import (
 )
 
 func TestFaultCancelledStartContextFailsCacheReadsWithCanceled(t *testing.T) {
-	clus := newCluster(t, &integration.ClusterConfig{Size: 3})
+	clus := clustertest.New(t, &integration.ClusterConfig{Size: 3})
 	ctx := testContext(t)
 	const prefix = "/ctx/"
 	put(t, clus.Client(1), prefix+"a", `{"name":"a"}`)

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/etcdkit/storage"
+	"github.com/etcdkit/storage/internal/clustertest"
 	"github.com/etcdkit/storage/storagetest"
 )
 
@@ -72,7 +73,7 @@ func (s *countingStream) SendMsg(m any) error {
 }
 
 func TestCacheSyncReadsEveryWriteOfAnotherClientThroughAnotherMember(t *testing.T) {
-	clus := newCluster(t, &integration.ClusterConfig{Size: 3})
+	clus := clustertest.New(t, &integration.ClusterConfig{Size: 3})
 	ctx := testContext(t)
 	// The cache watches through a follower, and the writes go through the
 	// leader, so that cutting the follower off in phase 3 leaves a quorum

@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/etcdkit/storage"
+	"github.com/etcdkit/storage/internal/clustertest"
 	"github.com/etcdkit/storage/internal/watchcheck"
 )
 
@@ -252,7 +253,7 @@ func TestFaultCacheWatchDeliversTheDifferenceAfterTheCacheReReadsACompaction(t *
 }
 
 func TestFaultCacheWatchAcrossAMemberRestartAndAPartition(t *testing.T) {
-	clus := newCluster(t, &integration.ClusterConfig{Size: 3, WatchProgressNotifyInterval: 100 * time.Millisecond})
+	clus := clustertest.New(t, &integration.ClusterConfig{Size: 3, WatchProgressNotifyInterval: 100 * time.Millisecond})
 	ctx := testContext(t)
 	const prefix = "/flt/"
 	member := clus.Members[0]

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/etcdkit/storage/internal/clustertest"
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/tests/v3/framework/integration"
@@ -33,7 +34,7 @@ type chaosCluster struct {
 }
 
 func newChaosCluster(t *testing.T) *chaosCluster {
-	clus := newCluster(t, &integration.ClusterConfig{Size: 3, UseBridge: true, SnapshotCount: 50,
+	clus := clustertest.New(t, &integration.ClusterConfig{Size: 3, UseBridge: true, SnapshotCount: 50,
 		WatchProgressNotifyInterval: 200 * time.Millisecond})
 	cc := &chaosCluster{t: t, clus: clus, down: -1, holed: -1}
 	for _, m := range clus.Members {

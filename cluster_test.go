@@ -1,7 +1,7 @@
 package storage_test
 
 // Tests against a three-member cluster of etcd's integration framework. Every
-// top-level test starts its own cluster through newCluster (which calls
+// top-level test starts its own cluster through clustertest.New (which calls
 // BeforeTest once); none is parallel, and none runs under -short.
 
 import (
@@ -15,10 +15,11 @@ import (
 	"go.etcd.io/etcd/tests/v3/framework/integration"
 
 	"github.com/etcdkit/storage"
+	"github.com/etcdkit/storage/internal/clustertest"
 )
 
 func TestClusterOpsSeeWritesThroughOtherMembers(t *testing.T) {
-	clus := newCluster(t, &integration.ClusterConfig{Size: 3})
+	clus := clustertest.New(t, &integration.ClusterConfig{Size: 3})
 	ctx := testContext(t)
 	c0, c1, c2 := clus.Client(0), clus.Client(1), clus.Client(2)
 
@@ -57,7 +58,7 @@ func TestClusterOpsSeeWritesThroughOtherMembers(t *testing.T) {
 }
 
 func TestClusterTxnCommitsAfterLeaderStops(t *testing.T) {
-	clus := newCluster(t, &integration.ClusterConfig{Size: 3})
+	clus := clustertest.New(t, &integration.ClusterConfig{Size: 3})
 	ctx := testContext(t)
 	a := &host{Name: "a"}
 	require.NoError(t, storage.NewCreateOp(clus.Client(0), "/a", a).WithUpdatedVersion().Exec(ctx))

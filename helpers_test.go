@@ -22,7 +22,6 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/tests/v3/framework/integration"
 	"go.uber.org/goleak"
 
 	"github.com/etcdkit/storage"
@@ -57,22 +56,6 @@ func testContext(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	t.Cleanup(cancel)
 	return ctx
-}
-
-// newCluster starts a multi-member cluster of etcd's integration framework.
-// It is the only place that does: the goroutine-leak check is registered
-// before the cluster, so it runs after Terminate (cleanups run last-in,
-// first-out), and the framework's own leak detection, which skips a test
-// silently when a goroutine predates it, is off. Call it once per top-level
-// test, never from a parallel test.
-func newCluster(t *testing.T, cfg *integration.ClusterConfig) *integration.Cluster {
-	t.Helper()
-	ignore := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
-	integration.BeforeTest(t, integration.WithoutGoLeakDetection())
-	clus := integration.NewCluster(t, cfg)
-	t.Cleanup(func() { clus.Terminate(t) })
-	return clus
 }
 
 // verifyNoLeaks checks, when the test ends, that no goroutine started during

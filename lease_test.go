@@ -14,6 +14,7 @@ import (
 	"go.etcd.io/etcd/tests/v3/framework/integration"
 
 	"github.com/etcdkit/storage"
+	"github.com/etcdkit/storage/internal/clustertest"
 )
 
 // TestTTLPutsAfterTheSharedLeaseIsRevokedAllSucceed: when another client
@@ -164,7 +165,7 @@ func checkLease(ctx context.Context, t *testing.T, client *clientv3.Client, key 
 }
 
 func TestEdgeTTLHoldsAcrossLeaderKill(t *testing.T) {
-	clus := newCluster(t, &integration.ClusterConfig{Size: 3})
+	clus := clustertest.New(t, &integration.ClusterConfig{Size: 3})
 	ctx := testContext(t)
 	leader := clus.WaitLeader(t)
 	follower := (leader + 1) % 3

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/etcdkit/storage"
+	"github.com/etcdkit/storage/internal/clustertest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -21,7 +22,7 @@ import (
 )
 
 func TestEdgeSlowHandlerResumesFromLastDeliveredAfterDrop(t *testing.T) {
-	clus := newCluster(t, &integration.ClusterConfig{Size: 1, UseBridge: true})
+	clus := clustertest.New(t, &integration.ClusterConfig{Size: 1, UseBridge: true})
 	ctx := testContext(t)
 	client := clus.Client(0)
 	for i, tc := range []struct {

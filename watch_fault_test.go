@@ -16,6 +16,7 @@ import (
 	"go.etcd.io/etcd/tests/v3/framework/integration"
 
 	"github.com/etcdkit/storage"
+	"github.com/etcdkit/storage/internal/clustertest"
 )
 
 // Fault tests: a watch and a cache stay exact through member restarts, a
@@ -126,7 +127,7 @@ func requireSeqAfterRecovery(ctx context.Context, t *testing.T, writer *clientv3
 }
 
 func TestFaultWatchDeliversEveryWriteOnceAcrossAMemberRestart(t *testing.T) {
-	clus := newCluster(t, &integration.ClusterConfig{Size: 3, WatchProgressNotifyInterval: 100 * time.Millisecond})
+	clus := clustertest.New(t, &integration.ClusterConfig{Size: 3, WatchProgressNotifyInterval: 100 * time.Millisecond})
 	ctx := testContext(t)
 	const prefix = "/seq/"
 	member := clus.Members[0]
@@ -154,7 +155,7 @@ func TestFaultWatchDeliversEveryWriteOnceAcrossAMemberRestart(t *testing.T) {
 }
 
 func TestFaultWatchDeliversEveryWriteOnceAcrossDroppedAndBlackholedConnections(t *testing.T) {
-	clus := newCluster(t, &integration.ClusterConfig{Size: 3, UseBridge: true,
+	clus := clustertest.New(t, &integration.ClusterConfig{Size: 3, UseBridge: true,
 		WatchProgressNotifyInterval: 100 * time.Millisecond})
 	ctx := testContext(t)
 	const prefix = "/seq/"
@@ -186,7 +187,7 @@ func TestFaultWatchDeliversEveryWriteOnceAcrossDroppedAndBlackholedConnections(t
 }
 
 func TestFaultWatchLeavesAPartitionedMemberAndDeliversWritesMadeDuringThePartition(t *testing.T) {
-	clus := newCluster(t, &integration.ClusterConfig{Size: 3, WatchProgressNotifyInterval: 100 * time.Millisecond})
+	clus := clustertest.New(t, &integration.ClusterConfig{Size: 3, WatchProgressNotifyInterval: 100 * time.Millisecond})
 	ctx := testContext(t)
 	for i := range clus.Members {
 		partitionRound(ctx, t, clus, i)
@@ -251,7 +252,7 @@ func partitionRound(ctx context.Context, t *testing.T, clus *integration.Cluster
 }
 
 func TestFaultWatchAndCacheCatchUpAfterACompactionWhileAway(t *testing.T) {
-	clus := newCluster(t, &integration.ClusterConfig{Size: 3})
+	clus := clustertest.New(t, &integration.ClusterConfig{Size: 3})
 	ctx := testContext(t)
 	const prefix = "/comp/"
 	member := clus.Members[0]
@@ -402,7 +403,7 @@ func TestFaultWatchAndCacheCatchUpAfterACompactionWhileAway(t *testing.T) {
 }
 
 func TestFaultClosedClientStopsAWatchAndACacheWithOneErrorEach(t *testing.T) {
-	clus := newCluster(t, &integration.ClusterConfig{Size: 3})
+	clus := clustertest.New(t, &integration.ClusterConfig{Size: 3})
 	ctx := testContext(t)
 	const prefix = "/closed/"
 	put(t, clus.Client(1), prefix+"a", `{"name":"a"}`)
@@ -451,14 +452,14 @@ func TestFaultClosedClientStopsAWatchAndACacheWithOneErrorEach(t *testing.T) {
 	require.LessOrEqual(t, wrec.Resumes, int64(1))
 	require.LessOrEqual(t, crec.Resumes, int64(1))
 	t.Logf("recovery: watch %+v, cache %+v", wrec, crec)
-	// Close and Stop end every goroutine the run started; newCluster's goleak
+	// Close and Stop end every goroutine the run started; clustertest.New's goleak
 	// check runs once the cluster is gone.
 	w.Close()
 	c.Stop()
 }
 
 func TestEdgePausedMemberWatchGoesOnWithoutGapOrDuplicate(t *testing.T) {
-	clus := newCluster(t, &integration.ClusterConfig{Size: 3})
+	clus := clustertest.New(t, &integration.ClusterConfig{Size: 3})
 	ctx := testContext(t)
 	leader := clus.WaitLeader(t)
 	paused, writer := (leader+1)%3, (leader+2)%3

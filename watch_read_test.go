@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/etcdkit/storage"
+	"github.com/etcdkit/storage/internal/clustertest"
 	"github.com/etcdkit/storage/storagetest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -43,7 +44,7 @@ func TestEdgeLargeCatchUpOfValuesUnderOneMiBArrivesWhole(t *testing.T) {
 // arrives, at a watch and at a cache.
 func largeCatchUp(t *testing.T, rawSize int) {
 	const recvLimit = 3 << 19 // 1.5 MiB
-	clus := newCluster(t, &integration.ClusterConfig{Size: 3, ClientMaxCallRecvMsgSize: recvLimit})
+	clus := clustertest.New(t, &integration.ClusterConfig{Size: 3, ClientMaxCallRecvMsgSize: recvLimit})
 	ctx := testContext(t)
 	leader := clus.WaitLeader(t)
 	cut := (leader + 1) % 3
@@ -195,7 +196,7 @@ func idlePrefix(t *testing.T, progress bool) {
 	if progress {
 		interval = 200 * time.Millisecond
 	}
-	clus := newCluster(t, &integration.ClusterConfig{Size: 3, WatchProgressNotifyInterval: interval})
+	clus := clustertest.New(t, &integration.ClusterConfig{Size: 3, WatchProgressNotifyInterval: interval})
 	t.Cleanup(func() { v3rpc.SetProgressReportInterval(10 * time.Minute) })
 	ctx := testContext(t)
 	leader := clus.WaitLeader(t)

@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/etcdkit/storage"
+	"github.com/etcdkit/storage/internal/clustertest"
 )
 
 // TestSeriesAndLogsThroughAMemberRestartAndACompaction runs ops, a watch
@@ -26,7 +27,7 @@ import (
 // a compaction while away (a re-read), and a cache, then checks every series
 // with its exact count where the count is known, and the watch's log lines.
 func TestSeriesAndLogsThroughAMemberRestartAndACompaction(t *testing.T) {
-	clus := newCluster(t, &integration.ClusterConfig{Size: 3, WatchProgressNotifyInterval: 100 * time.Millisecond})
+	clus := clustertest.New(t, &integration.ClusterConfig{Size: 3, WatchProgressNotifyInterval: 100 * time.Millisecond})
 	ctx := testContext(t)
 	reg := freshRegistry(t)
 	writer := clus.Client(1)

@@ -12,8 +12,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
-	"go.etcd.io/etcd/tests/v3/framework/integration"
-	"go.uber.org/goleak"
 
 	"github.com/etcdkit/storage"
 	"github.com/etcdkit/storage/storageprom"
@@ -41,19 +39,6 @@ func freshRegistry(t testing.TB) *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	storageprom.RegisterTB(t, reg)
 	return reg
-}
-
-// newCluster starts a cluster of etcd's integration framework, with the
-// goroutine-leak check registered before it so that it runs after
-// Terminate. Once per top-level test, never in parallel.
-func newCluster(t *testing.T, cfg *integration.ClusterConfig) *integration.Cluster {
-	t.Helper()
-	ignore := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
-	integration.BeforeTest(t, integration.WithoutGoLeakDetection())
-	clus := integration.NewCluster(t, cfg)
-	t.Cleanup(func() { clus.Terminate(t) })
-	return clus
 }
 
 // series is one gathered sample: its labels ("name=value" pairs, sorted)
