@@ -3,7 +3,7 @@
 package storage_test
 
 // Cache subscriptions judged by internal/watchcheck against a ground truth
-// (a raw clientv3 watch, chaosRecorder): fifty subscribers of one cache with
+// (a raw clientv3 watch, truthRecorder): fifty subscribers of one cache with
 // a slow one, and subscriptions across a compaction re-read, a member
 // restart and a partition. The subscriptions report their initial puts and
 // every difference they deliver through the restart hook, so the checker
@@ -31,20 +31,20 @@ import (
 	"github.com/etcdkit/storage/internal/watchcheck"
 )
 
-func keyOfChaosValue(v *chaosValue) string { return v.Key }
+func keyOfTaggedValue(v *taggedValue) string { return v.Key }
 
 // watchRecorded starts a subscription of c on prefix, recorded by a new
-// chaosWatchRec and closed when the test ends. Its handler first checks that
+// historyRec and closed when the test ends. Its handler first checks that
 // the cache holds the event's state (its revision has reached the event, and
 // a Get of the key returns the event's mod revision or a newer one), then
 // records the event, then calls then (if not nil).
-func watchRecorded(ctx context.Context, t *testing.T, c storage.Cache[*chaosValue], name, prefix string,
-	bad *violationLog, then func(e *storage.Event[*chaosValue])) (storage.WatchOp[*chaosValue], *chaosWatchRec) {
+func watchRecorded(ctx context.Context, t *testing.T, c storage.Cache[*taggedValue], name, prefix string,
+	bad *violationLog, then func(e *storage.Event[*taggedValue])) (storage.WatchOp[*taggedValue], *historyRec) {
 	t.Helper()
-	rec := &chaosWatchRec{name: name, prefix: prefix}
+	rec := &historyRec{name: name, prefix: prefix}
 	op := c.Watch(prefix)
 	storage.SetWatchRestartHook(op, rec.restart)
-	require.NoError(t, op.Watch(ctx, func(e *storage.Event[*chaosValue]) error {
+	require.NoError(t, op.Watch(ctx, func(e *storage.Event[*taggedValue]) error {
 		checkCacheHolds(ctx, c, bad, name, e)
 		err := rec.handle(e)
 		if then != nil {
@@ -57,7 +57,7 @@ func watchRecorded(ctx context.Context, t *testing.T, c storage.Cache[*chaosValu
 }
 
 // checkCacheHolds records in bad what the cache lacks of e's state.
-func checkCacheHolds(ctx context.Context, c storage.Cache[*chaosValue], bad *violationLog, name string, e *storage.Event[*chaosValue]) {
+func checkCacheHolds(ctx context.Context, c storage.Cache[*taggedValue], bad *violationLog, name string, e *storage.Event[*taggedValue]) {
 	if rev := c.Revision(); rev < e.Revision {
 		bad.add("%s: %s %s@%d: the cache is at revision %d", name, e.Type, e.Key, e.Revision, rev)
 	}
@@ -106,7 +106,7 @@ func writeTxns(ctx context.Context, t *testing.T, client *clientv3.Client, prefi
 }
 
 // waitDelivered waits until every recorder has delivered up to rev.
-func waitDelivered(t *testing.T, rev int64, recs ...*chaosWatchRec) {
+func waitDelivered(t *testing.T, rev int64, recs ...*historyRec) {
 	t.Helper()
 	for _, rec := range recs {
 		require.Eventually(t, func() bool { return rec.delivered() >= rev }, waitTimeout, pollInterval,
@@ -120,12 +120,12 @@ func waitDelivered(t *testing.T, rev int64, recs ...*chaosWatchRec) {
 // difference) one call at a time, so a history whose last event is at last
 // may still be missing some of them: each is judged once its replay equals
 // the fresh read, or after waitTimeout with what it has.
-func judgeSubscriptions(ctx context.Context, t *testing.T, truth *chaosRecorder, client *clientv3.Client, prefix string, last int64, recs ...*chaosWatchRec) {
+func judgeSubscriptions(ctx context.Context, t *testing.T, truth *truthRecorder, client *clientv3.Client, prefix string, last int64, recs ...*historyRec) {
 	t.Helper()
 	require.NoError(t, truth.waitReached(ctx, last))
 	tr, err := truth.snapshot()
 	require.NoError(t, err)
-	items, err := storage.NewGetPrefixOp[*chaosValue](client, prefix).Exec(ctx)
+	items, err := storage.NewGetPrefixOp[*taggedValue](client, prefix).Exec(ctx)
 	require.NoError(t, err)
 	fresh := map[string]watchcheck.KV{}
 	for _, v := range items {
@@ -149,15 +149,15 @@ func TestCacheWatchFiftySubscribersWithASlowOneAllReplayEtcdAndOnlyTheSlowOneLag
 	cacheClient := newExtraClient(t, s, clientv3.Config{DialTimeout: 5 * time.Second,
 		DialOptions: []grpc.DialOption{creates.dialOption()}})
 	const prefix = "/fan/"
-	truth := startChaosRecorder(writer, prefix, currentRevision(t, writer))
+	truth := startTruthRecorder(writer, prefix, currentRevision(t, writer))
 	t.Cleanup(truth.stop)
 	writeTxns(ctx, t, writer, prefix, 0, 10)
-	c := startCache(ctx, t, cacheClient, prefix, keyOfChaosValue)
+	c := startCache(ctx, t, cacheClient, prefix, keyOfTaggedValue)
 	var bad violationLog
 
 	t.Log("phase 1: 49 subscriptions, and a slow one whose handler blocks on the block key until released")
-	var ops []storage.WatchOp[*chaosValue]
-	var fast []*chaosWatchRec
+	var ops []storage.WatchOp[*taggedValue]
+	var fast []*historyRec
 	for i := range 49 {
 		op, rec := watchRecorded(ctx, t, c, fmt.Sprintf("fast%02d", i), prefix, &bad, nil)
 		ops, fast = append(ops, op), append(fast, rec)
@@ -165,7 +165,7 @@ func TestCacheWatchFiftySubscribersWithASlowOneAllReplayEtcdAndOnlyTheSlowOneLag
 	blocked, release := make(chan struct{}), make(chan struct{})
 	var returned atomic.Bool
 	var blockOnce, releaseOnce sync.Once
-	slowOp, slow := watchRecorded(ctx, t, c, "slow", prefix, &bad, func(e *storage.Event[*chaosValue]) {
+	slowOp, slow := watchRecorded(ctx, t, c, "slow", prefix, &bad, func(e *storage.Event[*taggedValue]) {
 		if e.Key == prefix+"block" {
 			blockOnce.Do(func() {
 				close(blocked)
@@ -218,10 +218,10 @@ func TestFaultCacheWatchDeliversTheDifferenceAfterTheCacheReReadsACompaction(t *
 	p := newCutProxy(t, strings.TrimPrefix(s.Endpoints()[0], "http://"))
 	cacheClient := newExtraClient(t, s, cutProxyClientConfig(p))
 	const prefix = "/cmp/"
-	truth := startChaosRecorder(writer, prefix, currentRevision(t, writer))
+	truth := startTruthRecorder(writer, prefix, currentRevision(t, writer))
 	t.Cleanup(truth.stop)
 	writeTxns(ctx, t, writer, prefix, 0, 10)
-	c := startCache(ctx, t, cacheClient, prefix, keyOfChaosValue)
+	c := startCache(ctx, t, cacheClient, prefix, keyOfTaggedValue)
 	var bad violationLog
 	all, whole := watchRecorded(ctx, t, c, "all", prefix, &bad, nil)
 	_, part := watchRecorded(ctx, t, c, "part", prefix+"b", &bad, nil)
@@ -259,16 +259,16 @@ func TestFaultCacheWatchAcrossAMemberRestartAndAPartition(t *testing.T) {
 	member := clus.Members[0]
 	others := slices.Clone(clus.Members[1:])
 	writer := clus.Client(1)
-	truth := startChaosRecorder(clus.Client(2), prefix, currentRevision(t, writer))
+	truth := startTruthRecorder(clus.Client(2), prefix, currentRevision(t, writer))
 	t.Cleanup(truth.stop)
 	writeTxns(ctx, t, writer, prefix, 0, 10)
 	// The cache's client knows member 0 only until phase 3: its watch
 	// stream is certainly there.
 	cacheClient := memberClient(t, member.GRPCURL)
-	c := startCache(ctx, t, cacheClient, prefix, keyOfChaosValue)
+	c := startCache(ctx, t, cacheClient, prefix, keyOfTaggedValue)
 	var bad violationLog
-	var recs []*chaosWatchRec
-	var ops []storage.WatchOp[*chaosValue]
+	var recs []*historyRec
+	var ops []storage.WatchOp[*taggedValue]
 	for i := range 5 {
 		op, rec := watchRecorded(ctx, t, c, fmt.Sprintf("sub%d", i), prefix, &bad, nil)
 		ops, recs = append(ops, op), append(recs, rec)

@@ -19,13 +19,13 @@ import (
 // w (the broken watch), or "" when it did: the broken path was taken in a
 // way that changes what the watch delivers, so the checkers must catch it.
 // ended tells whether w's run had ended by itself before Close.
-func (r *chaosTrial) canaryUnmet(w *chaosWatchRec, ended bool, truth []watchcheck.Truth) string {
+func (r *chaosTrial) canaryUnmet(w *historyRec, ended bool, truth []watchcheck.Truth) string {
 	starts, ahead := w.evidence()
 	changed := map[int64]bool{} // revisions with a change under the watched prefix
 	for _, t := range watchcheck.InPrefix(truth, w.prefix) {
 		changed[t.Revision] = true
 	}
-	skipsChanges := func(a chaosAhead) bool {
+	skipsChanges := func(a resumeAhead) bool {
 		for rev := a.Reached + 1; rev <= a.From; rev++ {
 			if changed[rev] {
 				return true
@@ -48,7 +48,7 @@ func (r *chaosTrial) canaryUnmet(w *chaosWatchRec, ended bool, truth []watchchec
 	case "no-relist":
 		// A compaction response met: the canary resumes after the compact
 		// revision - 1, past changes never delivered.
-		if slices.ContainsFunc(ahead, func(a chaosAhead) bool { return slices.Contains(compacted, a.From+1) && skipsChanges(a) }) {
+		if slices.ContainsFunc(ahead, func(a resumeAhead) bool { return slices.Contains(compacted, a.From+1) && skipsChanges(a) }) {
 			return ""
 		}
 		return fmt.Sprintf("precondition not met: %s never met a compaction past undelivered changes (%d compactions, %d resumes ahead)",

@@ -186,7 +186,7 @@ func (r *chaosTrial) burst(ctx context.Context, n, cut int) {
 				tag := fmt.Sprintf("burst.%d.%d", round, i)
 				r.exec(ctx, chaosWrite{Writer: "burst", Kind: "put", PutKeys: []string{key}, Tags: []string{tag}},
 					func(ctx context.Context) (int64, error) {
-						op := storage.NewPutOp(client, key, &chaosValue{Key: key, Tag: tag})
+						op := storage.NewPutOp(client, key, &taggedValue{Key: key, Tag: tag})
 						err := op.Exec(ctx)
 						return op.Revision(), err
 					})

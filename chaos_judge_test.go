@@ -84,7 +84,7 @@ func (r *chaosTrial) cacheConverges(ctx context.Context, s *chaosCacheSubj, full
 }
 
 // chaosCacheDiff compares cache items with the fold of the whole truth.
-func chaosCacheDiff(truth []watchcheck.Truth, items []*chaosValue, full bool) string {
+func chaosCacheDiff(truth []watchcheck.Truth, items []*taggedValue, full bool) string {
 	wantRev, gotRev := map[string]int64{}, map[string]int64{}
 	want := map[string]watchcheck.KV{}
 	for _, t := range truth {
@@ -136,8 +136,8 @@ func (r *chaosTrial) judge(ctx context.Context, t *testing.T) chaosResult {
 	resp, err := cc.direct.Get(ctx, r.prefix, clientv3.WithPrefix())
 	require.NoError(t, err)
 	fresh := map[string]watchcheck.KV{}
-	var freshValues []*chaosValue
-	values, err := storage.DecodeGetResponse[*chaosValue](resp)
+	var freshValues []*taggedValue
+	values, err := storage.DecodeGetResponse[*taggedValue](resp)
 	require.NoError(t, err)
 	for _, v := range values {
 		fresh[v.Key] = watchcheck.KV{Value: v.Tag, Version: v.Version()}

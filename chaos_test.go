@@ -30,7 +30,7 @@ package storage_test
 // This file holds the test and its run loop. The rest is in files of their
 // own: chaos_cluster_test.go (the members and their agreement),
 // chaos_faults_test.go (the fault schedule), chaos_workload_test.go (the
-// writers and readers), chaos_record_test.go (the recorders),
+// writers and readers), history_test.go (the recorders),
 // chaos_judge_test.go (the verdict) and chaos_canary_test.go (the broken
 // variants the verdict must catch).
 
@@ -89,7 +89,7 @@ type chaosViolation struct {
 type chaosCacheSubj struct {
 	name   string
 	member int
-	c      storage.Cache[*chaosValue]
+	c      storage.Cache[*taggedValue]
 
 	mu    sync.Mutex // protects reads
 	reads []watchcheck.CacheRead
@@ -108,10 +108,10 @@ type chaosTrial struct {
 	rng    *rand.Rand // the test goroutine's: faults and their targets
 	prefix string
 	start  time.Time
-	rec    *chaosRecorder
+	rec    *truthRecorder
 
-	watches  []*chaosWatchRec
-	watchOps []storage.WatchOp[*chaosValue]
+	watches  []*historyRec
+	watchOps []storage.WatchOp[*taggedValue]
 	caches   []*chaosCacheSubj
 
 	gate    sync.RWMutex // writers hold it shared per write; a digest check holds it to pause them
@@ -190,7 +190,7 @@ func runChaos(t *testing.T, cc *chaosCluster, opt chaosOptions) chaosResult {
 
 	from, err := cc.revision(ctx)
 	require.NoError(t, err)
-	r.rec = startChaosRecorder(cc.direct, r.prefix, from)
+	r.rec = startTruthRecorder(cc.direct, r.prefix, from)
 	defer r.rec.stop()
 
 	r.startSubjects(ctx, t)
@@ -242,9 +242,9 @@ func runChaos(t *testing.T, cc *chaosCluster, opt chaosOptions) chaosResult {
 // one member (through its bridge).
 func (r *chaosTrial) startSubjects(ctx context.Context, t *testing.T) {
 	clus := r.cc.clus
-	add := func(name, prefix string, member int, slow time.Duration) storage.WatchOp[*chaosValue] {
-		rec := &chaosWatchRec{name: name, prefix: prefix, member: member, slow: slow}
-		op := storage.NewWatchPrefixOp[*chaosValue](clus.Client(member), prefix)
+	add := func(name, prefix string, member int, slow time.Duration) storage.WatchOp[*taggedValue] {
+		rec := &historyRec{name: name, prefix: prefix, member: member, slow: slow}
+		op := storage.NewWatchPrefixOp[*taggedValue](clus.Client(member), prefix)
 		storage.SetWatchRestartHook(op, rec.restart)
 		r.watches = append(r.watches, rec)
 		r.watchOps = append(r.watchOps, op)
@@ -264,7 +264,7 @@ func (r *chaosTrial) startSubjects(ctx context.Context, t *testing.T) {
 	}
 	for i, member := range []int{0, 2} {
 		s := &chaosCacheSubj{name: fmt.Sprintf("c%d", i), member: member}
-		s.c = storage.NewCache(clus.Client(member), r.prefix, func(v *chaosValue) string { return v.Key })
+		s.c = storage.NewCache(clus.Client(member), r.prefix, func(v *taggedValue) string { return v.Key })
 		if i == 0 && r.opt.canary != "" {
 			storage.SetCacheCanary(s.c, r.opt.canary)
 		}

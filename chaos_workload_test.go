@@ -80,7 +80,7 @@ func (r *chaosTrial) opWriter(ctx context.Context, name string, rng *rand.Rand, 
 		sub, k := rng.IntN(chaosSubPrefixes), rng.IntN(chaosSubKeys)
 		key := r.key(sub, k)
 		tag := fmt.Sprintf("%s.%d", name, n)
-		v := &chaosValue{Key: key, Tag: tag}
+		v := &taggedValue{Key: key, Tag: tag}
 		switch p := rng.IntN(100); {
 		case p < 25:
 			r.exec(ctx, chaosWrite{Writer: name, Kind: "put", PutKeys: []string{key}, Tags: []string{tag}},
@@ -106,11 +106,11 @@ func (r *chaosTrial) opWriter(ctx context.Context, name string, rng *rand.Rand, 
 				})
 		case p < 80:
 			gctx, cancel := context.WithTimeout(ctx, chaosOpTimeout)
-			old, err := storage.NewGetOp[*chaosValue](client, key).Exec(gctx)
+			old, err := storage.NewGetOp[*taggedValue](client, key).Exec(gctx)
 			cancel()
 			switch {
 			case errors.Is(err, storage.ErrNotFound):
-				old = &chaosValue{Key: key} // version 0: Update creates
+				old = &taggedValue{Key: key} // version 0: Update creates
 			case err != nil:
 				continue
 			}
@@ -168,7 +168,7 @@ func (r *chaosTrial) txn(ctx context.Context, name string, n int, rng *rand.Rand
 	for i, sub := range rng.Perm(chaosSubPrefixes)[:2+rng.IntN(3)] {
 		key := r.key(sub, rng.IntN(chaosSubKeys))
 		tag := fmt.Sprintf("%s.%d.%d", name, n, i)
-		v := &chaosValue{Key: key, Tag: tag}
+		v := &taggedValue{Key: key, Tag: tag}
 		switch rng.IntN(4) {
 		case 0:
 			ops = append(ops, storage.NewCreateOp(client, key, v))
@@ -196,8 +196,8 @@ func (r *chaosTrial) cacheWriter(ctx context.Context, s *chaosCacheSubj, rng *ra
 		sub, k := rng.IntN(chaosSubPrefixes), rng.IntN(chaosSubKeys)
 		key := r.key(sub, k)
 		tag := fmt.Sprintf("%s.%d", name, n)
-		v := &chaosValue{Key: key, Tag: tag}
-		put := func(kind string, op storage.PutOp[*chaosValue]) {
+		v := &taggedValue{Key: key, Tag: tag}
+		put := func(kind string, op storage.PutOp[*taggedValue]) {
 			start := chaosClock.Add(1)
 			w := r.exec(ctx, chaosWrite{Writer: name, Kind: kind, PutKeys: []string{key}, Tags: []string{tag}},
 				func(ctx context.Context) (int64, error) {
@@ -301,7 +301,7 @@ func (r *chaosTrial) slowWriter(ctx context.Context) {
 		tag := fmt.Sprintf("slow.%d", n)
 		r.exec(ctx, chaosWrite{Writer: "slow", Kind: "put", PutKeys: []string{key}, Tags: []string{tag}},
 			func(ctx context.Context) (int64, error) {
-				op := storage.NewPutOp(client, key, &chaosValue{Key: key, Tag: tag})
+				op := storage.NewPutOp(client, key, &taggedValue{Key: key, Tag: tag})
 				err := op.Exec(ctx)
 				return op.Revision(), err
 			})

@@ -2,9 +2,11 @@
 
 package storage_test
 
-// Recorders of the chaos test (chaos_test.go): the ground truth, what each
-// watch delivered, the writes and their outcomes, cache reads, and the dump
-// of a failed run. They only record; chaos_judge_test.go judges.
+// Recorders of histories, for the checkers of internal/watchcheck: the
+// ground truth, what each watch delivered, the writes and their outcomes,
+// cache reads, and the dump of a failed run. The chaos test (chaos_test.go)
+// and the cache subscription tests use them. They only record;
+// chaos_judge_test.go and the tests judge.
 
 import (
 	"context"
@@ -23,10 +25,10 @@ import (
 	"github.com/etcdkit/storage/internal/watchcheck"
 )
 
-// chaosValue is the value every chaos write stores. Tag is unique per write,
+// taggedValue is the value every chaos write stores. Tag is unique per write,
 // so an event names the write it came from. RevisionedValue makes Update and
 // DeleteValue compare mod revisions and lets cache reads report them.
-type chaosValue struct {
+type taggedValue struct {
 	storage.RevisionedValue
 	Key string `json:"key"`
 	Tag string `json:"tag"`
@@ -35,12 +37,12 @@ type chaosValue struct {
 // chaosClock orders cache reads and writes in time (watchcheck.CacheRead).
 var chaosClock atomic.Int64
 
-// chaosRecorder is the ground truth: a raw clientv3 watch of the run's
+// truthRecorder is the ground truth: a raw clientv3 watch of the run's
 // prefix on a client that bypasses the bridges. It resumes by itself after
 // any failure from the last event it received; a compaction past it would be
 // a broken run (the compactor never compacts past lastEventRev), so it is
 // recorded as an error.
-type chaosRecorder struct {
+type truthRecorder struct {
 	client *clientv3.Client
 	prefix string
 	cancel context.CancelFunc
@@ -54,9 +56,9 @@ type chaosRecorder struct {
 	changed   chan struct{} // closed and replaced on every change of reached
 }
 
-func startChaosRecorder(client *clientv3.Client, prefix string, from int64) *chaosRecorder {
+func startTruthRecorder(client *clientv3.Client, prefix string, from int64) *truthRecorder {
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &chaosRecorder{client: client, prefix: prefix, cancel: cancel, donec: make(chan struct{}),
+	r := &truthRecorder{client: client, prefix: prefix, cancel: cancel, donec: make(chan struct{}),
 		lastEvent: from, reached: from, changed: make(chan struct{})}
 	go func() {
 		defer close(r.donec)
@@ -65,12 +67,12 @@ func startChaosRecorder(client *clientv3.Client, prefix string, from int64) *cha
 	return r
 }
 
-func (r *chaosRecorder) stop() {
+func (r *truthRecorder) stop() {
 	r.cancel()
 	<-r.donec
 }
 
-func (r *chaosRecorder) run(ctx context.Context) {
+func (r *truthRecorder) run(ctx context.Context) {
 	for ctx.Err() == nil {
 		r.mu.Lock()
 		from := r.lastEvent + 1
@@ -100,13 +102,13 @@ func (r *chaosRecorder) run(ctx context.Context) {
 	}
 }
 
-func (r *chaosRecorder) add(resp clientv3.WatchResponse) {
+func (r *truthRecorder) add(resp clientv3.WatchResponse) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, ev := range resp.Events {
 		t := watchcheck.Truth{Revision: ev.Kv.ModRevision, Key: string(ev.Kv.Key), Type: storage.EventTypeDelete}
 		if ev.Type == clientv3.EventTypePut {
-			var v chaosValue
+			var v taggedValue
 			if err := json.Unmarshal(ev.Kv.Value, &v); err != nil {
 				r.err = fmt.Errorf("ground truth: undecodable value at %s@%d: %w", t.Key, t.Revision, err)
 			}
@@ -126,7 +128,7 @@ func (r *chaosRecorder) add(resp clientv3.WatchResponse) {
 	}
 }
 
-func (r *chaosRecorder) fail(err error) {
+func (r *truthRecorder) fail(err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.err == nil {
@@ -136,14 +138,14 @@ func (r *chaosRecorder) fail(err error) {
 
 // compactable is the highest revision the compactor may compact to: the
 // recorder resumes from its last event, so never past it.
-func (r *chaosRecorder) compactable() int64 {
+func (r *truthRecorder) compactable() int64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.lastEvent
 }
 
 // waitReached waits until every change up to rev was received.
-func (r *chaosRecorder) waitReached(ctx context.Context, rev int64) error {
+func (r *truthRecorder) waitReached(ctx context.Context, rev int64) error {
 	for {
 		r.mu.Lock()
 		reached, changed, err := r.reached, r.changed, r.err
@@ -163,16 +165,16 @@ func (r *chaosRecorder) waitReached(ctx context.Context, rev int64) error {
 }
 
 // snapshot returns a copy of the truth so far and any recorder error.
-func (r *chaosRecorder) snapshot() ([]watchcheck.Truth, error) {
+func (r *truthRecorder) snapshot() ([]watchcheck.Truth, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return append([]watchcheck.Truth(nil), r.truth...), r.err
 }
 
-// chaosWatchRec records what one WatchOp run delivered, with the internal
+// historyRec records what one WatchOp run delivered, with the internal
 // restarts reported by the library's restart hook. The hook and the handler
 // run on the goroutine that delivers, one after the other.
-type chaosWatchRec struct {
+type historyRec struct {
 	name   string
 	prefix string
 	member int           // the member its client is pinned to
@@ -192,17 +194,17 @@ type chaosWatchRec struct {
 	// resume's point), and the resumes that started past what the handler
 	// had been given.
 	starts []int64
-	ahead  []chaosAhead
+	ahead  []resumeAhead
 }
 
-// chaosAhead is a resume that started after revision From while the handler
+// resumeAhead is a resume that started after revision From while the handler
 // had been given everything up to Reached only (the last delivered event, or
 // the latest read): the revisions in between were never delivered.
-type chaosAhead struct {
+type resumeAhead struct {
 	Reached, From int64
 }
 
-func (r *chaosWatchRec) restart(lastRev, readRev int64) {
+func (r *historyRec) restart(lastRev, readRev int64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if readRev != 0 {
@@ -210,7 +212,7 @@ func (r *chaosWatchRec) restart(lastRev, readRev int64) {
 	} else {
 		r.starts = append(r.starts, lastRev)
 		if reached := max(r.lastRev, r.readRev); lastRev > reached {
-			r.ahead = append(r.ahead, chaosAhead{Reached: reached, From: lastRev})
+			r.ahead = append(r.ahead, resumeAhead{Reached: reached, From: lastRev})
 		}
 	}
 	if !r.started {
@@ -232,7 +234,7 @@ func (r *chaosWatchRec) restart(lastRev, readRev int64) {
 	}
 }
 
-func (r *chaosWatchRec) handle(e *storage.Event[*chaosValue]) error {
+func (r *historyRec) handle(e *storage.Event[*taggedValue]) error {
 	d := watchcheck.Delivered{Revision: e.Revision, Key: e.Key, Type: e.Type, IsCreate: e.IsCreate, IsModify: e.IsModify}
 	if e.Value != nil {
 		d.Value, d.Version = e.Value.Tag, e.Value.Version()
@@ -252,14 +254,14 @@ func (r *chaosWatchRec) handle(e *storage.Event[*chaosValue]) error {
 
 // delivered returns the revision of the last delivered event (or the
 // initial read's).
-func (r *chaosWatchRec) delivered() int64 {
+func (r *historyRec) delivered() int64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.lastRev
 }
 
 // count returns the number of events delivered so far.
-func (r *chaosWatchRec) count() int {
+func (r *historyRec) count() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return len(r.h.Events)
@@ -267,13 +269,13 @@ func (r *chaosWatchRec) count() int {
 
 // evidence returns the starts and the resumes ahead of delivery recorded so
 // far (see the fields).
-func (r *chaosWatchRec) evidence() ([]int64, []chaosAhead) {
+func (r *historyRec) evidence() ([]int64, []resumeAhead) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return slices.Clone(r.starts), slices.Clone(r.ahead)
 }
 
-func (r *chaosWatchRec) history() watchcheck.History {
+func (r *historyRec) history() watchcheck.History {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	h := r.h
