@@ -220,6 +220,10 @@ type cache[V Value] struct {
 	// reached, so that an older put the watch still delivers is ignored.
 	tombstones      map[string]int64 // key -> delete revision
 	rangeTombstones []rangeTombstone
+	// removed holds the keys those deletes took out of items, with the
+	// delete's revision: keys the watch will still deliver a delete for.
+	// A subscription's resync counts them as present (watchedLocked).
+	removed map[string]int64
 	resets          int64 // reads delivered by the watch (reset calls)
 	// subs are the runs of the cache's subscriptions (Watch): apply hands
 	// them what it applied, under mu, so that they see the cache's changes
@@ -348,7 +352,7 @@ func (c *cache[V]) writeDelete(key string, prefix bool, revision int64) {
 		return
 	}
 	if !prefix {
-		c.deleteLocked(key, revision)
+		c.removeLocked(key, revision)
 		if c.tombstones == nil {
 			c.tombstones = make(map[string]int64)
 		}
@@ -365,6 +369,7 @@ func (c *cache[V]) writeDelete(key string, prefix bool, revision int64) {
 	})
 	for _, e := range gone {
 		c.items.Delete(e)
+		c.markRemovedLocked(e.key, revision)
 	}
 	c.rangeTombstones = append(c.rangeTombstones, rangeTombstone{start: start, end: end, revision: revision})
 }
@@ -395,12 +400,31 @@ func deletedAfter(tombstones map[string]int64, ranges []rangeTombstone, key stri
 	return false
 }
 
-// deleteLocked removes key as of revision unless its entry is newer.
-func (c *cache[V]) deleteLocked(key string, revision int64) {
+// deleteLocked removes key as of revision unless its entry is newer, and
+// reports whether it removed it.
+func (c *cache[V]) deleteLocked(key string, revision int64) bool {
 	probe := &entry{key: key}
 	if old, ok := c.items.Get(probe); ok && old.modRevision < revision {
 		c.items.Delete(probe)
+		return true
 	}
+	return false
+}
+
+// removeLocked removes key for a write-through delete at revision.
+func (c *cache[V]) removeLocked(key string, revision int64) {
+	if c.deleteLocked(key, revision) {
+		c.markRemovedLocked(key, revision)
+	}
+}
+
+// markRemovedLocked records that a write-through delete at revision took key
+// out of items.
+func (c *cache[V]) markRemovedLocked(key string, revision int64) {
+	if c.removed == nil {
+		c.removed = make(map[string]int64)
+	}
+	c.removed[key] = max(c.removed[key], revision)
 }
 
 // passedLocked moves the watch revision to rev and drops the tombstones it
@@ -413,6 +437,11 @@ func (c *cache[V]) passedLocked(rev int64) {
 	for key, r := range c.tombstones {
 		if r <= c.rev {
 			delete(c.tombstones, key)
+		}
+	}
+	for key, r := range c.removed {
+		if r <= c.rev {
+			delete(c.removed, key)
 		}
 	}
 	kept := c.rangeTombstones[:0]
@@ -449,7 +478,7 @@ func (c *cache[V]) reset(_ context.Context, kvs []*mvccpb.KeyValue, rev int64) e
 		})
 	}
 	for key, r := range c.tombstones {
-		c.deleteLocked(key, r)
+		c.removeLocked(key, r)
 	}
 	for _, t := range c.rangeTombstones {
 		var gone []*entry
@@ -515,7 +544,7 @@ func (c *cache[V]) ended() {
 	defer c.mu.Unlock()
 	liveCaches.Delete(c)
 	c.started, c.err, c.items, c.rev = false, nil, nil, 0
-	c.tombstones, c.rangeTombstones = nil, nil
+	c.tombstones, c.rangeTombstones, c.removed = nil, nil, nil
 	c.signalLocked()
 	c.endSubscriptionsLocked(fmt.Errorf("cache %s: %w", c.prefix, errCacheStopped))
 }

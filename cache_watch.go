@@ -313,15 +313,22 @@ func (c *cache[V]) watchedLocked(prefix string, known map[string]int64) []*mvccp
 		}
 		return true
 	})
-	if len(c.tombstones) == 0 && len(c.rangeTombstones) == 0 {
-		return kvs
-	}
+	// A key a write-through delete removed is still there as far as the
+	// watch has delivered: its delete is on the way. A key that was gone
+	// before (deleted at or below c.rev, with the event dropped from this
+	// subscriber's queue) is not in removed, so the resync deletes it.
 	added := false
-	for key, rev := range known {
-		if _, cached := c.items.Get(&entry{key: key}); !cached && deletedAfter(c.tombstones, c.rangeTombstones, key, c.rev) {
-			kvs = append(kvs, &mvccpb.KeyValue{Key: []byte(key), ModRevision: rev})
-			added = true
+	probe := &entry{}
+	for key, r := range c.removed {
+		rev, ok := known[key]
+		if !ok || r <= c.rev {
+			continue
 		}
+		if probe.key = key; c.items.Has(probe) {
+			continue // written through again since: given above
+		}
+		kvs = append(kvs, &mvccpb.KeyValue{Key: []byte(key), ModRevision: rev})
+		added = true
 	}
 	if added {
 		slices.SortFunc(kvs, func(a, b *mvccpb.KeyValue) int { return bytes.Compare(a.Key, b.Key) })

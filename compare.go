@@ -154,8 +154,14 @@ func (c txnCmps) explain(ctx context.Context, client *clientv3.Client, ops []Txn
 		return &txnFailedError{unexplained: fmt.Errorf("a compare on %s failed; reading them at revision %d to say which: %w",
 			strings.Join(keys, ", "), rev, err)}
 	}
+	return c.explainReads(ops, clientOps, resp.Responses)
+}
+
+// explainReads builds the error of a failed transaction from the reads of
+// readOps: each failed op, and why.
+func (c txnCmps) explainReads(ops []TxnOperation, clientOps []clientv3.Op, reads []*pb.ResponseOp) error {
 	stored := make(map[string]*mvccpb.KeyValue)
-	for _, r := range resp.Responses {
+	for _, r := range reads {
 		for _, kv := range r.GetResponseRange().GetKvs() {
 			// A key read twice, alone and in a range, keeps the read with
 			// its value, if one had it.

@@ -52,10 +52,11 @@ type Txn interface {
 	// errors.Is finds [ErrAlreadyExists] or [ErrValueVersionMismatch]. Its
 	// message names every failed op and why, learned from one read of the
 	// compared keys at the failed transaction's revision, which sees what its
-	// compares saw. An op without a compare of its own is never named. Should
+	// compares saw. A transaction of one op makes that read in the same
+	// request. An op without a compare of its own is never named. Should
 	// that read fail (etcd compacted past the revision meanwhile, the context
 	// ended), the error still wraps ErrOperationConstraintViolated, names the
-	// ops that sent compares, and wraps the read's error. Every op gets the
+	// compared keys, and wraps the read's error. Every op gets the
 	// response's revision either way.
 	//
 	// A transaction beyond a limit fails with an error that names the limit
@@ -175,10 +176,11 @@ func commit(ctx context.Context, client *clientv3.Client, ops []TxnOperation) er
 }
 
 // commitOnce runs ops in one request: a plain op when there is one op and no
-// compare, else a transaction of the compares and the ops alone. Success,
-// the common case, costs that one request; a failed compare is explained by
-// a second one, which reads the compared keys at the failed transaction's
-// revision: the state its compares were judged against.
+// compare, else a transaction of the compares and the ops. Success, the
+// common case, costs that one request. A failed compare of several ops is
+// explained by a second one, which reads the compared keys at the failed
+// transaction's revision: the state its compares were judged against. A
+// lone op's failure is explained by its else branch.
 func commitOnce(ctx context.Context, client *clientv3.Client, ops []TxnOperation) error {
 	if len(ops) == 0 {
 		return nil
@@ -202,14 +204,26 @@ func commitOnce(ctx context.Context, client *clientv3.Client, ops []TxnOperation
 		return commitOne(ctx, client, ops[0], clientOps[0])
 	}
 
-	resp, err := client.Txn(ctx).If(cmps.all...).Then(clientOps...).Commit()
+	txn := client.Txn(ctx).If(cmps.all...).Then(clientOps...)
+	// A lone conditional op (a Create, Update or DeleteValue run by Exec)
+	// reads its key in the else branch instead: failing is a common outcome
+	// of create-if-absent, the read of one key costs little, and the op's
+	// sentinel must not depend on a second request succeeding.
+	lone := len(ops) == 1
+	if lone {
+		txn = txn.Else(cmps.readOps(0)...)
+	}
+	resp, err := txn.Commit()
 	if err != nil {
 		return wrapRequestErr(describeTxn(ops), err, len(clientOps), len(cmps.all))
 	}
 	for _, op := range ops {
 		op.UpdateRevision(resp.Header.Revision)
 	}
-	if !resp.Succeeded {
+	switch {
+	case !resp.Succeeded && lone:
+		return cmps.explainReads(ops, clientOps, resp.Responses)
+	case !resp.Succeeded:
 		return cmps.explain(ctx, client, ops, clientOps, resp.Header.Revision)
 	}
 	prevKVs := make(map[string]*mvccpb.KeyValue)

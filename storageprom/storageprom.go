@@ -207,12 +207,24 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	for _, s := range g.Caches() {
-		ch <- prometheus.MustNewConstMetric(c.cacheItems, prometheus.GaugeValue, float64(s.Items), s.Prefix)
-		ch <- prometheus.MustNewConstMetric(c.cacheRevision, prometheus.GaugeValue, float64(s.Revision), s.Prefix)
+		ch <- gauge(c.cacheItems, float64(s.Items), s.Prefix)
+		ch <- gauge(c.cacheRevision, float64(s.Revision), s.Prefix)
 	}
 	for ttl, n := range g.Leases() {
-		ch <- prometheus.MustNewConstMetric(c.leases, prometheus.GaugeValue, float64(n), strconv.FormatInt(ttl, 10))
+		ch <- gauge(c.leases, float64(n), strconv.FormatInt(ttl, 10))
 	}
+}
+
+// gauge is one gauge sample. A cache prefix is a key, arbitrary bytes, and
+// Prometheus refuses a label value that is not UTF-8: the sample is then an
+// invalid metric, which fails the scrape with that error instead of a panic
+// that would end the process.
+func gauge(desc *prometheus.Desc, v float64, label string) prometheus.Metric {
+	m, err := prometheus.NewConstMetric(desc, prometheus.GaugeValue, v, label)
+	if err != nil {
+		return prometheus.NewInvalidMetric(desc, err)
+	}
+	return m
 }
 
 // Operation implements observe.Observer.

@@ -242,3 +242,21 @@ func TestSharedLeasesCountGrantsAndCurrentLeases(t *testing.T) {
 	require.Equal(t, series{"": 1}, gather(t, reg, "storage_lease_grants_total"), "three puts share one lease")
 	require.Equal(t, 1.0, gather(t, reg, "storage_leases")["ttl_seconds=61"], "ceil(60 s + 0.5 s)")
 }
+
+func TestCacheGaugeOfAPrefixThatIsNotUTF8FailsTheScrapeWithoutAPanic(t *testing.T) {
+	ignore := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
+	client := storagetest.New(t)
+	ctx := testContext(t)
+	reg := freshRegistry(t)
+	const prefix = "/bin\xff/" // etcd keys are bytes; Prometheus labels are UTF-8
+	_, err := client.Put(ctx, prefix+"a", `{"name":"a"}`)
+	require.NoError(t, err)
+	c := storage.NewCache(client, prefix, func(h *host) string { return prefix + h.Name })
+	require.NoError(t, c.Start(ctx))
+	t.Cleanup(c.Stop)
+
+	_, err = reg.Gather()
+	require.ErrorContains(t, err, "storage_cache_items", "the invalid label is reported, naming its series")
+	require.ErrorContains(t, err, "UTF-8")
+}
