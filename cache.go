@@ -224,7 +224,7 @@ type cache[V Value] struct {
 	// delete's revision: keys the watch will still deliver a delete for.
 	// A subscription's resync counts them as present (watchedLocked).
 	removed map[string]int64
-	resets          int64 // reads delivered by the watch (reset calls)
+	resets  int64 // reads delivered by the watch (reset calls)
 	// subs are the runs of the cache's subscriptions (Watch): apply hands
 	// them what it applied, under mu, so that they see the cache's changes
 	// in its order and only once it holds them.
