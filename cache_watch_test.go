@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -307,4 +308,80 @@ func TestCacheWatchKeepsOneEtcdWatchForEverySubscription(t *testing.T) {
 	require.NoError(t, c.Sync(ctx))
 	require.NoError(t, c.WaitForRevision(ctx, currentRevision(t, s.Client())))
 	require.EqualValues(t, 1, creates.n.Load(), "watch create requests with %d subscriptions", subs)
+}
+
+// TestCacheWatchResyncDeletesAKeyTheWatchDeletedBeforeAWriteThroughPrefixDelete:
+// a subscriber whose queue was dropped missed the watch's delete of a key;
+// a prefix delete through the cache, which the watch has not delivered yet,
+// covers the same key. The resync must still delete the key: the prefix
+// delete's own events will not, as the key was gone before it.
+func TestCacheWatchResyncDeletesAKeyTheWatchDeletedBeforeAWriteThroughPrefixDelete(t *testing.T) {
+	verifyNoLeaks(t)
+	s := newServer(t)
+	ctx := testContext(t)
+	writer := s.Client()
+	gate := newStreamGate()
+	c := startCache(ctx, t, newGatedClient(t, s, gate), "/rs", keyOfHost)
+	put(t, writer, "/rs/k", rawHostJSON("rs/k", 1))
+	put(t, writer, "/rs/other", rawHostJSON("rs/other", 1))
+	require.NoError(t, c.Sync(ctx))
+
+	var (
+		mu      sync.Mutex
+		present = map[string]bool{} // the subscriber's view
+	)
+	blocked, release := make(chan struct{}), make(chan struct{})
+	sub := c.Watch("")
+	storage.SetMaxPending(sub, 1)
+	require.NoError(t, sub.Watch(ctx, func(e *storage.Event[*host]) error {
+		mu.Lock()
+		present[e.Key] = e.Type == storage.EventTypePut
+		mu.Unlock()
+		if e.Key == "/rs/block" && e.Type == storage.EventTypePut {
+			close(blocked)
+			<-release
+		}
+		return nil
+	}))
+	t.Cleanup(sub.Close)
+
+	t.Log("phase 1: block the handler; the watch deletes /rs/k and the queue overflows")
+	put(t, writer, "/rs/block", rawHostJSON("rs/block", 1))
+	waitSignal(t, blocked, "the handler got /rs/block")
+	_, err := writer.Delete(ctx, "/rs/k")
+	require.NoError(t, err)
+	put(t, writer, "/rs/x1", rawHostJSON("rs/x1", 1))
+	put(t, writer, "/rs/x2", rawHostJSON("rs/x2", 1))
+	require.NoError(t, c.Sync(ctx))
+	require.NotZero(t, storage.WatchRecovery(sub).Backlogs, "forcing failed: the queue did not overflow")
+
+	t.Log("phase 2: hold the cache's watch; delete the prefix through the cache")
+	gate.hold()
+	_, err = c.DeletePrefix("/rs/").Exec(ctx)
+	require.NoError(t, err)
+	_, err = c.Get("/rs/other").Exec(ctx)
+	require.ErrorIs(t, err, storage.ErrNotFound, "the cache applied its own delete")
+
+	t.Log("phase 3: release the handler: it resyncs while the watch is held")
+	close(release)
+	require.Eventually(t, func() bool { return storage.WatchRecovery(sub).Relists > 0 }, waitTimeout, pollInterval)
+	require.Eventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return !present["/rs/k"]
+	}, waitTimeout, pollInterval, "the resync never deleted /rs/k")
+
+	t.Log("phase 4: release the watch: the prefix delete's events end the rest")
+	gate.release()
+	require.Eventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, p := range present {
+			if p {
+				return false
+			}
+		}
+		return true
+	}, waitTimeout, pollInterval, "the subscriber still holds keys etcd deleted")
+	requireNotStopped(t, "subscription", sub.Error())
 }
