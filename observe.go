@@ -140,6 +140,8 @@ func observeQueued(receipt time.Time, events int) {
 func (w *watcher) restarting(rev int64, err error, relist bool) {
 	reason, level, msg := observe.RestartResume, zap.DebugLevel, "storage: watch resumes after a failure"
 	switch {
+	case relist && errors.Is(err, errReread):
+		reason, level, msg = observe.RestartRelist, zap.InfoLevel, "storage: cache re-reads: Verify found it differs from etcd"
 	case relist:
 		reason, level, msg = observe.RestartRelist, zap.InfoLevel, "storage: watch re-reads: etcd compacted past its revision"
 	case errors.Is(err, errBacklog):
@@ -192,7 +194,8 @@ func stopReason(ctx context.Context, err error) observe.Stop {
 		return observe.StopClientClosed
 	case isAuthError(err):
 		return observe.StopAuth
-	case ctx.Err() != nil:
+	case ctx.Err() != nil, errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		// The last two: a subscription ended because its cache's context did.
 		return observe.StopContext
 	}
 	return observe.StopOther

@@ -229,6 +229,17 @@ func TestWatchStoppedCountsWhyEachRunEnded(t *testing.T) {
 	wait("closed")
 	sub.Close()
 
+	t.Log("the end of the cache's context ends the cache and its subscription: both count as context")
+	cctx, cancelCache := context.WithCancel(ctx)
+	require.NoError(t, c.Start(cctx))
+	require.NoError(t, sub.Watch(ctx, func(*storage.Event[*host]) error { return nil }))
+	cancelCache()
+	<-sub.Error()
+	want["reason=context"]++
+	wait("context")
+	sub.Close()
+	c.Stop()
+
 	require.Equal(t, want, gather(t, reg, "storage_watch_stopped_total").nonZero())
 }
 
