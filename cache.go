@@ -157,8 +157,11 @@ type Cache[V Value] interface {
 	// writers: each run of the WatchOp holds at most 1,000 undelivered
 	// events. Past that it drops them and, once handle has returned, is
 	// brought up to date from the cache's contents as after a re-read, so
-	// memory per subscription stays bounded and only intermediate versions
-	// are lost. Decoding errors reach handle as error events naming the key.
+	// its queue stays bounded and only intermediate versions are lost. To
+	// deliver that difference, each run also remembers the mod revision of
+	// every key it delivered, as a WatchOp does: memory that grows with the
+	// keys under prefix, not with the rate of change. Decoding errors reach
+	// handle as error events naming the key.
 	//
 	// ctx governs the run's goroutine as for [WatchOp.Watch]. Stop ends
 	// every run with an error on its Error() saying the cache stopped; a
