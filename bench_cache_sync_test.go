@@ -44,7 +44,7 @@ func BenchmarkCacheSync(b *testing.B) {
 	parallel := func(b *testing.B, body func() error) {
 		b.SetParallelism(max(1, readers/runtime.GOMAXPROCS(0)))
 		rc.ranges.Store(0)
-		b.RunParallel(func(pb *testing.PB) {
+		storage.BenchParallel(b, func(pb *testing.PB) {
 			for pb.Next() {
 				if err := body(); err != nil {
 					b.Error(err)
