@@ -57,12 +57,12 @@ lint:
 # bench knobs: BENCH selects benchmarks (a -bench regexp), BENCHCOUNT is the
 # number of samples, BENCHTIME the time per sample, BENCH1MCOUNT the rounds
 # (of those) that include the 1,000,000-item sizes. A round of every
-# benchmark takes about 1.5 minutes on 2 cores, 6 to 10 with the 1M sizes, so
-# the default run about 40 minutes.
+# benchmark takes about 1.5 minutes on 2 cores, 4 to 6 with the 1M sizes, so
+# the default run about 50 minutes.
 BENCH        ?= .
 BENCHCOUNT   ?= 10
 BENCHTIME    ?= 500ms
-BENCH1MCOUNT ?= 3
+BENCH1MCOUNT ?= 10
 
 ## bench: every benchmark BENCHCOUNT (10) times into bench.txt, then benchstat
 ## with lib beside its baselines and the ratios of medians against the
@@ -70,9 +70,9 @@ BENCH1MCOUNT ?= 3
 ## each round runs every benchmark once (-count=1), so drift on a shared
 ## machine hits lib and raw alike, where -count=10 would run lib ten times,
 ## then raw ten times; every other round runs the baselines before lib
-## (BENCH_RAW_FIRST=1). The first BENCH1MCOUNT (3) rounds add the
-## 1,000,000-item sizes of the scale benchmarks (BENCH_1M=1: about 5 minutes
-## more per round), and the cache's peak-heap test runs at that size first. Compare two runs with: go run $(BENCHSTAT) old.txt bench.txt
+## (BENCH_RAW_FIRST=1). The first BENCH1MCOUNT rounds (all 10) add the
+## 1,000,000-item sizes of the scale benchmarks (BENCH_1M=1: about 3.5
+## minutes more per round), and the cache's peak-heap test runs at that size first. Compare two runs with: go run $(BENCHSTAT) old.txt bench.txt
 bench:
 	rm -f bench.txt
 	BENCH_1M=1 go test -count=1 -timeout 40m -tags storage_testhooks -run '^TestCacheStartPeakHeapIsAtMostTwiceTheLoadedCache$$' -v $(PKGS)

@@ -23,6 +23,21 @@ type benchDataset struct {
 	ctx    context.Context
 	client *clientv3.Client
 	sets   map[int]map[string][]byte
+	// kept holds a started cache per size, stopped when the benchmark
+	// that made the data set ends.
+	kept map[int]storage.Cache[*small]
+}
+
+// newBenchDataset returns an empty data set on client; the caches it keeps
+// are stopped when b ends.
+func newBenchDataset(b *testing.B, ctx context.Context, client *clientv3.Client) *benchDataset {
+	d := &benchDataset{ctx: ctx, client: client, sets: make(map[int]map[string][]byte), kept: make(map[int]storage.Cache[*small])}
+	b.Cleanup(func() {
+		for _, c := range d.kept {
+			c.Stop()
+		}
+	})
+	return d
 }
 
 func (d *benchDataset) prefix(n int) string { return fmt.Sprintf("/bench/cache/n%d/", n) }
@@ -35,14 +50,41 @@ func (d *benchDataset) items(b *testing.B, n int) map[string][]byte {
 	return d.sets[n]
 }
 
-// started returns a started cache of the data set of n items, stopped when
-// b ends.
+// storedBytes returns the stored bytes plus keys of the data set of n items.
+func (d *benchDataset) storedBytes(n int) int {
+	var total int
+	for k, v := range d.sets[n] {
+		total += len(k) + len(v)
+	}
+	return total
+}
+
+// started returns a started cache of the data set of n items: the one kept
+// for n, or a new one kept from now on.
 func (d *benchDataset) started(b *testing.B, n int) storage.Cache[*small] {
 	d.items(b, n)
+	if c := d.kept[n]; c != nil {
+		return c
+	}
 	c := d.newCache(n)
 	benchNoErr(b, c.Start(d.ctx))
-	b.Cleanup(c.Stop)
+	d.keep(n, c)
 	return c
+}
+
+// keep makes c, a started cache of the data set of n items, the one started
+// returns.
+func (d *benchDataset) keep(n int, c storage.Cache[*small]) {
+	d.stopKept(n)
+	d.kept[n] = c
+}
+
+// stopKept stops and forgets the cache kept for n, if any.
+func (d *benchDataset) stopKept(n int) {
+	if c := d.kept[n]; c != nil {
+		c.Stop()
+		delete(d.kept, n)
+	}
 }
 
 func (d *benchDataset) newCache(n int) storage.Cache[*small] {
@@ -65,7 +107,7 @@ func (d *benchDataset) groupKeys(n, i int) (string, []string) {
 // sizes up to 1,000,000 are in bench_scale_test.go.
 func BenchmarkCache(b *testing.B) {
 	client, ctx := benchServer(b)
-	d := &benchDataset{ctx: ctx, client: client, sets: make(map[int]map[string][]byte)}
+	d := newBenchDataset(b, ctx, client)
 
 	// Get against json.Unmarshal of the item's stored bytes.
 	b.Run("Get/items=1000", func(b *testing.B) {
