@@ -1,7 +1,9 @@
 package storage
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"strings"
@@ -190,12 +192,59 @@ var (
 // entry is a cached key: its stored bytes and metadata. Values are decoded
 // on every read, which gives each caller a fresh instance and answers
 // undecodable bytes with the decode error an etcd read would give.
+//
+// The tree holds entries by value, 32 bytes each, and kv holds the key's
+// length as a uvarint, the key and the stored bytes in one allocation. A
+// pointer to an entry of a key string and a value slice took a 64-byte
+// object, two more allocations and 8 bytes of node per item.
+//
+// A probe, an entry made to look a key up (keyEntry), has version -1 and the
+// bare key as kv, so that a lookup copies nothing: etcd gives every existing
+// key a version of 1 or more.
 type entry struct {
-	key         string
-	value       []byte // stored bytes, never modified
+	kv          string // uvarint key length, key, stored bytes; never modified
 	version     int64
 	modRevision int64
 }
+
+// probeVersion marks a probe (keyEntry).
+const probeVersion = -1
+
+// keyEntry returns the probe of key: an entry that compares as key.
+func keyEntry(key string) entry { return entry{kv: key, version: probeVersion} }
+
+// newEntry copies key and stored bytes into an entry.
+func newEntry[K, B string | []byte](key K, value B, version, modRevision int64) entry {
+	var n [binary.MaxVarintLen64]byte
+	w := binary.PutUvarint(n[:], uint64(len(key)))
+	// One allocation: the conversions of a concatenation's operands copy
+	// nothing.
+	return entry{kv: string(n[:w]) + string(key) + string(value), version: version, modRevision: modRevision}
+}
+
+// split returns the key and the stored bytes of e.
+func (e entry) split() (key, value string) {
+	if e.version == probeVersion {
+		return e.kv, ""
+	}
+	n, w := uint64(0), 0
+	for shift := 0; ; shift += 7 {
+		b := e.kv[w]
+		w++
+		n |= uint64(b&0x7f) << shift
+		if b < 0x80 {
+			break
+		}
+	}
+	return e.kv[w : w+int(n)], e.kv[w+int(n):]
+}
+
+func (e entry) key() string {
+	k, _ := e.split()
+	return k
+}
+
+func entryLess(a, b entry) bool { return a.key() < b.key() }
 
 // rangeTombstone is a write-through DeletePrefix the watch has not passed:
 // it keeps older watch puts from bringing keys of its range back.
@@ -217,7 +266,7 @@ type cache[V Value] struct {
 	mu      sync.RWMutex
 	started bool  // between the first read of a run and the run's end
 	err     error // why the watch stopped on its own; reads fail with it
-	items   *btree.BTreeG[*entry]
+	items   *btree.BTreeG[entry]
 	rev     int64 // every change up to rev has reached the cache from the watch
 	// Tombstones of write-through deletes at revisions the watch has not
 	// reached, so that an older put the watch still delivers is ignored.
@@ -304,7 +353,7 @@ func (c *cache[V]) DeletePrefix(prefix string, options ...clientv3.OpOption) Del
 	return &deleteOp{client: c.client, key: withTrailingSlash(prefix), prefix: true, opts: options, cache: c}
 }
 
-func (c *cache[V]) Get(key string) GetOp[V] { return &cacheGetOp[V]{c: c, probe: entry{key: key}} }
+func (c *cache[V]) Get(key string) GetOp[V] { return &cacheGetOp[V]{c: c, probe: keyEntry(key)} }
 
 func (c *cache[V]) GetPrefix(prefix string) GetMultipleOp[V] {
 	return cacheGetPrefixOp[V]{c: c, prefix: prefix}
@@ -343,7 +392,7 @@ func (c *cache[V]) writePut(key string, value []byte, version, revision int64) {
 	if !c.started || revision <= c.rev {
 		return // the watch has delivered this write, or a later state
 	}
-	c.putLocked(&entry{key: key, value: value, version: version, modRevision: revision})
+	c.putLocked(newEntry(key, value, version, revision))
 }
 
 // writeDelete records a successful delete of key (or of the prefix key) at
@@ -363,8 +412,8 @@ func (c *cache[V]) writeDelete(key string, prefix bool, revision int64) {
 		return
 	}
 	start, end := prefixRange(key)
-	var gone []*entry
-	c.items.AscendRange(&entry{key: start}, &entry{key: end}, func(e *entry) bool {
+	var gone []entry
+	c.items.AscendRange(keyEntry(start), keyEntry(end), func(e entry) bool {
 		if e.modRevision < revision {
 			gone = append(gone, e)
 		}
@@ -372,18 +421,18 @@ func (c *cache[V]) writeDelete(key string, prefix bool, revision int64) {
 	})
 	for _, e := range gone {
 		c.items.Delete(e)
-		c.markRemovedLocked(e.key, revision)
+		c.markRemovedLocked(e.key(), revision)
 	}
 	c.rangeTombstones = append(c.rangeTombstones, rangeTombstone{start: start, end: end, revision: revision})
 }
 
 // putLocked stores e unless the cache holds a newer state of its key: an
 // entry or tombstone at a later revision.
-func (c *cache[V]) putLocked(e *entry) {
+func (c *cache[V]) putLocked(e entry) {
 	if old, ok := c.items.Get(e); ok && old.modRevision >= e.modRevision {
 		return
 	}
-	if deletedAfter(c.tombstones, c.rangeTombstones, e.key, e.modRevision) {
+	if deletedAfter(c.tombstones, c.rangeTombstones, e.key(), e.modRevision) {
 		return
 	}
 	c.items.ReplaceOrInsert(e)
@@ -406,7 +455,7 @@ func deletedAfter(tombstones map[string]int64, ranges []rangeTombstone, key stri
 // deleteLocked removes key as of revision unless its entry is newer, and
 // reports whether it removed it.
 func (c *cache[V]) deleteLocked(key string, revision int64) bool {
-	probe := &entry{key: key}
+	probe := keyEntry(key)
 	if old, ok := c.items.Get(probe); ok && old.modRevision < revision {
 		c.items.Delete(probe)
 		return true
@@ -459,21 +508,26 @@ func (c *cache[V]) passedLocked(rev int64) {
 // reset replaces the contents with a read at rev (sink). Entries written
 // through at a later revision than the read stay, and tombstones still apply.
 func (c *cache[V]) reset(_ context.Context, kvs []*mvccpb.KeyValue, rev int64) error {
-	items := btree.NewG(32, func(a, b *entry) bool { return a.key < b.key })
+	c.w.hooks.loaded()
+	items := btree.NewG(32, entryLess)
 	// kvs are in key order. Inserted last first, every node a split leaves
 	// behind holds its half in a slice of that size, where ascending inserts
-	// leave each in a slice of twice that: 8 bytes of tree per item, not 16.
+	// leave each in a slice of twice that: about 35 bytes of node per item
+	// (the entry and its share of the node), not nearly twice that.
 	for i := len(kvs) - 1; i >= 0; i-- {
-		items.ReplaceOrInsert(newEntry(kvs[i]))
+		kv := kvs[i]
+		items.ReplaceOrInsert(newEntry(kv.Key, kv.Value, kv.Version, kv.ModRevision))
+		// The entry holds a copy: the read's item is garbage now, so the
+		// load never holds the read and the tree whole at once.
+		kvs[i] = nil
 	}
-	c.w.hooks.loaded(kvs)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	old := c.items
 	liveCaches.Store(c, struct{}{}) // the gauges read it until ended
 	c.items, c.started, c.err = items, true, nil
 	if old != nil {
-		old.Ascend(func(e *entry) bool {
+		old.Ascend(func(e entry) bool {
 			if e.modRevision > rev {
 				c.items.ReplaceOrInsert(e)
 			}
@@ -484,8 +538,8 @@ func (c *cache[V]) reset(_ context.Context, kvs []*mvccpb.KeyValue, rev int64) e
 		c.removeLocked(key, r)
 	}
 	for _, t := range c.rangeTombstones {
-		var gone []*entry
-		c.items.AscendRange(&entry{key: t.start}, &entry{key: t.end}, func(e *entry) bool {
+		var gone []entry
+		c.items.AscendRange(keyEntry(t.start), keyEntry(t.end), func(e entry) bool {
 			if e.modRevision < t.revision {
 				gone = append(gone, e)
 			}
@@ -515,7 +569,7 @@ func (c *cache[V]) apply(_ context.Context, events []*clientv3.Event) error {
 			c.deleteLocked(string(ev.Kv.Key), ev.Kv.ModRevision)
 			continue
 		}
-		c.putLocked(newEntry(ev.Kv))
+		c.putLocked(newEntry(ev.Kv.Key, ev.Kv.Value, ev.Kv.Version, ev.Kv.ModRevision))
 	}
 	c.passedLocked(events[len(events)-1].Kv.ModRevision)
 	for s := range c.subs {
@@ -552,13 +606,15 @@ func (c *cache[V]) ended() {
 	c.endSubscriptionsLocked(fmt.Errorf("cache %s: %w", c.prefix, errCacheStopped))
 }
 
-func newEntry(kv *mvccpb.KeyValue) *entry {
-	return &entry{key: string(kv.Key), value: kv.Value, version: kv.Version, modRevision: kv.ModRevision}
-}
-
 // decode returns a fresh V for e.
-func decodeEntry[V Value](e *entry) (V, error) {
-	v, err := decodeValue[V](e.key, e.value)
+func decodeEntry[V Value](e entry) (V, error) {
+	// json decodes bytes, not strings: a pooled copy of the stored bytes,
+	// not a conversion, which would allocate on every read.
+	buf := bufferPool.Get().(*bytes.Buffer)
+	defer putBuffer(buf)
+	key, value := e.split()
+	buf.WriteString(value)
+	v, err := decodeValue[V](key, buf.Bytes())
 	if err != nil {
 		return v, err
 	}
@@ -580,12 +636,12 @@ func (g *cacheGetOp[V]) Exec(context.Context) (_ V, err error) {
 	g.c.mu.RLock()
 	if err := g.c.readableLocked(); err != nil {
 		g.c.mu.RUnlock()
-		return zero, fmt.Errorf("get %s: %w", g.probe.key, err)
+		return zero, fmt.Errorf("get %s: %w", g.probe.key(), err)
 	}
-	e, ok := g.c.items.Get(&g.probe)
+	e, ok := g.c.items.Get(g.probe)
 	g.c.mu.RUnlock()
 	if !ok {
-		return zero, fmt.Errorf("get %s: %w", g.probe.key, ErrNotFound)
+		return zero, fmt.Errorf("get %s: %w", g.probe.key(), ErrNotFound)
 	}
 	return decodeEntry[V](e)
 }
@@ -605,13 +661,13 @@ func (g cacheGetPrefixOp[V]) Exec(context.Context) (_ []V, err error) {
 	if !strings.HasPrefix(prefix, g.c.prefix) {
 		return nil, invalidf("get prefix %s: outside the cache's prefix %s", prefix, g.c.prefix)
 	}
-	var found []*entry
+	var found []entry
 	g.c.mu.RLock()
 	if err := g.c.readableLocked(); err != nil {
 		g.c.mu.RUnlock()
 		return nil, fmt.Errorf("get prefix %s: %w", prefix, err)
 	}
-	g.c.ascendLocked(prefix, func(e *entry) bool {
+	g.c.ascendLocked(prefix, func(e entry) bool {
 		found = append(found, e)
 		return true
 	})
@@ -632,14 +688,14 @@ func (g cacheGetPrefixOp[V]) Exec(context.Context) (_ []V, err error) {
 
 // ascendLocked calls fn for the cached entries under prefix, in key order,
 // until it returns false.
-func (c *cache[V]) ascendLocked(prefix string, fn func(e *entry) bool) {
+func (c *cache[V]) ascendLocked(prefix string, fn func(e entry) bool) {
 	start, end := prefixRange(prefix)
 	if end == "\x00" {
 		// prefixRange's end for the empty prefix (a cache of the whole
 		// keyspace) means "to the end", as in etcd; as a btree bound it
 		// would select nothing.
-		c.items.AscendGreaterOrEqual(&entry{key: start}, fn)
+		c.items.AscendGreaterOrEqual(keyEntry(start), fn)
 		return
 	}
-	c.items.AscendRange(&entry{key: start}, &entry{key: end}, fn)
+	c.items.AscendRange(keyEntry(start), keyEntry(end), fn)
 }

@@ -118,8 +118,8 @@ func contentsOf(t *testing.T, c *cache[*testItem]) map[string]string {
 	items, err := c.GetPrefix("").Exec(context.Background())
 	require.NoError(t, err)
 	c.mu.RLock()
-	var entries []*entry
-	c.items.Ascend(func(e *entry) bool {
+	var entries []entry
+	c.items.Ascend(func(e entry) bool {
 		entries = append(entries, e)
 		return true
 	})
@@ -128,7 +128,7 @@ func contentsOf(t *testing.T, c *cache[*testItem]) map[string]string {
 	out := make(map[string]string, len(items))
 	for i, v := range items {
 		e := entries[i]
-		out[e.key] = fmt.Sprintf("%s v%d @%d", v.Name, v.Version(), e.modRevision)
+		out[e.key()] = fmt.Sprintf("%s v%d @%d", v.Name, v.Version(), e.modRevision)
 	}
 	return out
 }

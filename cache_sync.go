@@ -275,8 +275,8 @@ func (c *cache[V]) snapshot() (cacheSnapshot, error) {
 	}
 	s := cacheSnapshot{rev: c.rev, keys: make([]keyRevision, 0, c.items.Len()),
 		tombstones: maps.Clone(c.tombstones), ranges: slices.Clone(c.rangeTombstones)}
-	c.items.Ascend(func(e *entry) bool {
-		s.keys = append(s.keys, keyRevision{key: e.key, modRevision: e.modRevision, skip: e.modRevision > c.rev})
+	c.items.Ascend(func(e entry) bool {
+		s.keys = append(s.keys, keyRevision{key: e.key(), modRevision: e.modRevision, skip: e.modRevision > c.rev})
 		return true
 	})
 	return s, nil

@@ -305,11 +305,14 @@ func (c *cache[V]) endSubscriptionsLocked(err error) {
 // difference passes over it.
 func (c *cache[V]) watchedLocked(prefix string, known map[string]int64) []*mvccpb.KeyValue {
 	var kvs []*mvccpb.KeyValue
-	c.ascendLocked(prefix, func(e *entry) bool {
+	c.ascendLocked(prefix, func(e entry) bool {
 		if e.modRevision <= c.rev {
-			kvs = append(kvs, &mvccpb.KeyValue{Key: []byte(e.key), Value: e.value, Version: e.version, ModRevision: e.modRevision})
-		} else if rev, ok := known[e.key]; ok {
-			kvs = append(kvs, &mvccpb.KeyValue{Key: []byte(e.key), ModRevision: rev})
+			// One copy gives the key and the value.
+			key, value := e.split()
+			kv := append(append(make([]byte, 0, len(key)+len(value)), key...), value...)
+			kvs = append(kvs, &mvccpb.KeyValue{Key: kv[:len(key):len(key)], Value: kv[len(key):], Version: e.version, ModRevision: e.modRevision})
+		} else if rev, ok := known[e.key()]; ok {
+			kvs = append(kvs, &mvccpb.KeyValue{Key: []byte(e.key()), ModRevision: rev})
 		}
 		return true
 	})
@@ -318,13 +321,12 @@ func (c *cache[V]) watchedLocked(prefix string, known map[string]int64) []*mvccp
 	// before (deleted at or below c.rev, with the event dropped from this
 	// subscriber's queue) is not in removed, so the resync deletes it.
 	added := false
-	probe := &entry{}
 	for key, r := range c.removed {
 		rev, ok := known[key]
 		if !ok || r <= c.rev {
 			continue
 		}
-		if probe.key = key; c.items.Has(probe) {
+		if c.items.Has(keyEntry(key)) {
 			continue // written through again since: given above
 		}
 		kvs = append(kvs, &mvccpb.KeyValue{Key: []byte(key), ModRevision: rev})

@@ -44,8 +44,8 @@ func SetWatchRestartHook[V Value](op WatchOp[V], f func(lastRev, readRev int64))
 func SetWatchPageHook[V Value](op WatchOp[V], f func()) { op.(*watchOp[V]).w.hooks.onPage = f }
 
 // SetCacheLoadHooks has a Cache call onPage (before Start) between the pages
-// of its reads, after each page that has more to come, and onLoaded once it
-// has built the tree of a read's items, while it still holds them.
+// of its reads, after each page that has more to come, and onLoaded with
+// every item of a read held, before it builds its tree from them.
 func SetCacheLoadHooks[V Value](c Cache[V], onPage, onLoaded func()) {
 	h := &c.(*cache[V]).w.hooks
 	h.onPage, h.onLoaded = onPage, onLoaded

@@ -92,11 +92,10 @@ func CorruptCacheEntry[V Value](c Cache[V], key string, modRevision int64) bool 
 	cc := c.(*cache[V])
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
-	e, ok := cc.items.Get(&entry{key: key})
+	e, ok := cc.items.Get(keyEntry(key))
 	if ok {
-		bad := *e
-		bad.modRevision = modRevision
-		cc.items.ReplaceOrInsert(&bad)
+		e.modRevision = modRevision
+		cc.items.ReplaceOrInsert(e)
 	}
 	return ok
 }
@@ -107,7 +106,7 @@ func DropCacheEntry[V Value](c Cache[V], key string) bool {
 	cc := c.(*cache[V])
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
-	_, ok := cc.items.Delete(&entry{key: key})
+	_, ok := cc.items.Delete(keyEntry(key))
 	return ok
 }
 

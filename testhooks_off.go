@@ -9,7 +9,6 @@ package storage
 // code reaches a program that imports the package.
 
 import (
-	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -23,9 +22,9 @@ func (testHooks) restarted(lastRev, readRev int64) {}
 // betweenPages is called by a paged read after each page with more to come.
 func (testHooks) betweenPages() {}
 
-// loaded is called by a cache's reset once it has built its tree, with the
-// read's items.
-func (testHooks) loaded([]*mvccpb.KeyValue) {}
+// loaded is called by a cache's reset with the read's items held, before it
+// builds its tree from them.
+func (testHooks) loaded() {}
 
 // watchAfter is the revision a watch starts after: the one it reached.
 func (testHooks) watchAfter(rev int64) int64 { return rev }

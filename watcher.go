@@ -59,7 +59,8 @@ type watcher struct {
 // by a sink stops the run and is reported.
 type sink interface {
 	// reset delivers a whole read at rev: the first read, or a re-read after
-	// etcd compacted past the last delivered revision.
+	// etcd compacted past the last delivered revision. kvs are the
+	// sink's: the cache clears them as it copies them.
 	reset(ctx context.Context, kvs []*mvccpb.KeyValue, rev int64) error
 	// apply delivers the events of one watch response.
 	apply(ctx context.Context, events []*clientv3.Event) error
