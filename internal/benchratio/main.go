@@ -276,8 +276,8 @@ var checks = func() []check {
 		t("Scale/GetPrefix/items=10000", "mapscan", 1/5.0, "Cache GetPrefix ≥ 5x faster than a map scan at 10,000 (ratio ≤ 0.2)"),
 		t("Scale/Start/items=100000", "raw", 1.1, "Cache Start 100k ≤ 1.1x raw paged read"),
 		t("Scale/Start/items=1000000", "raw", 1.1, "Cache Start 1M ≤ 1.1x raw paged read"),
-		check{target: "cache memory per item ≤ 1.3x stored bytes + key at 100k", num: lib("Scale/Start/items=100000", "x-stored"), max: 1.3},
-		check{target: "cache memory per item ≤ 1.3x stored bytes + key at 1M", num: lib("Scale/Start/items=1000000", "x-stored"), max: 1.3},
+		check{target: "cache memory per item ≤ 1.3x stored bytes + key at 100k", num: lib("Scale/Memory/items=100000", "x-stored"), max: 1.3},
+		check{target: "cache memory per item ≤ 1.3x stored bytes + key at 1M", num: lib("Scale/Memory/items=1000000", "x-stored"), max: 1.3},
 		t("Txn/creates=100", "raw", 1.05, "Txn of 100 creates ≤ 1.05x raw"),
 		t("PutTTL", "raw-lease", 1.05, "Puts with TTL ≤ 1.05x raw puts with a pre-granted lease"),
 		// Throughput ≥ 0.95x raw is time per op ≤ 1/0.95x.
