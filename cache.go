@@ -214,12 +214,14 @@ const probeVersion = -1
 func keyEntry(key string) entry { return entry{kv: key, version: probeVersion} }
 
 // newEntry copies key and stored bytes into an entry.
-func newEntry[K, B string | []byte](key K, value B, version, modRevision int64) entry {
-	var n [binary.MaxVarintLen64]byte
-	w := binary.PutUvarint(n[:], uint64(len(key)))
-	// One allocation: the conversions of a concatenation's operands copy
-	// nothing.
-	return entry{kv: string(n[:w]) + string(key) + string(value), version: version, modRevision: modRevision}
+func newEntry(key, value []byte, version, modRevision int64) entry {
+	// One allocation, the string's, for items up to 256 bytes: they are
+	// put together on the stack first. A concatenation of the three as
+	// strings would allocate each conversion of more than 32 bytes too.
+	var stack [256]byte
+	b := binary.AppendUvarint(stack[:0], uint64(len(key)))
+	b = append(append(b, key...), value...)
+	return entry{kv: string(b), version: version, modRevision: modRevision}
 }
 
 // split returns the key and the stored bytes of e.
@@ -392,7 +394,7 @@ func (c *cache[V]) writePut(key string, value []byte, version, revision int64) {
 	if !c.started || revision <= c.rev {
 		return // the watch has delivered this write, or a later state
 	}
-	c.putLocked(newEntry(key, value, version, revision))
+	c.putLocked(newEntry([]byte(key), value, version, revision))
 }
 
 // writeDelete records a successful delete of key (or of the prefix key) at
