@@ -84,6 +84,10 @@ func collectCmps(ops []TxnOperation) txnCmps {
 		c.all = make([]clientv3.Cmp, 0, len(ops))
 	}
 	for i, op := range ops {
+		if a, ours := op.(cmpAppender); ours {
+			c.all = a.appendCmps(c.all)
+			continue
+		}
 		cmps := op.Cmps()
 		if _, ours := op.(explainer); !ours && len(cmps) > 0 {
 			c.foreign = append(c.foreign, cmpSpan{op: i, from: len(c.all), to: len(c.all) + len(cmps)})
@@ -126,16 +130,27 @@ func (c txnCmps) readOps(rev int64) []clientv3.Op {
 	}
 	ops := make([]clientv3.Op, len(reads))
 	for i, r := range reads {
-		opts := []clientv3.OpOption{clientv3.WithRev(rev)}
-		if r.end != "" {
-			opts = append(opts, clientv3.WithRange(r.end))
-		}
-		if !needValue[r] {
-			opts = append(opts, clientv3.WithKeysOnly())
-		}
-		ops[i] = clientv3.OpGet(r.key, opts...)
+		ops[i] = r.read(rev, needValue[r])
 	}
 	return ops
+}
+
+// read returns the read of r at rev, of its keys only unless value. At rev
+// 0, the latest revision, which the else branch of a lone op reads, no
+// revision is set: etcd reads the latest either way, and the request is the
+// same (0 is the field's default), without the option's closure.
+func (r cmpRange) read(rev int64, value bool) clientv3.Op {
+	opts := make([]clientv3.OpOption, 0, 3) // on the stack, however many are appended
+	if rev != 0 {
+		opts = append(opts, clientv3.WithRev(rev))
+	}
+	if r.end != "" {
+		opts = append(opts, clientv3.WithRange(r.end))
+	}
+	if !value {
+		opts = append(opts, clientv3.WithKeysOnly())
+	}
+	return clientv3.OpGet(r.key, opts...)
 }
 
 // explain builds the error of a transaction that failed at rev from a read

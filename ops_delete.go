@@ -181,9 +181,11 @@ func (d *deleteValueOp[V]) ClientOp(context.Context) (clientv3.Op, error) {
 	return checkedOp("delete "+d.key, func() clientv3.Op { return clientv3.OpDelete(d.key, d.opts...) })
 }
 
-func (d *deleteValueOp[V]) Cmps() []clientv3.Cmp {
+func (d *deleteValueOp[V]) Cmps() []clientv3.Cmp { return d.appendCmps(nil) }
+
+func (d *deleteValueOp[V]) appendCmps(cmps []clientv3.Cmp) []clientv3.Cmp {
 	d.want = expect(d.val)
-	return []clientv3.Cmp{d.want.cmp(d.key)}
+	return append(cmps, d.want.cmp(d.key))
 }
 
 func (d *deleteValueOp[V]) describe() string { return "delete " + d.key }

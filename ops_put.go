@@ -11,8 +11,9 @@ import (
 	"github.com/etcdkit/storage/internal/observe"
 )
 
-// putKind is what a put asks of the stored key.
-type putKind int
+// putKind is what a put asks of the stored key. A byte, so that it packs
+// with putOp's flags (see putOp).
+type putKind uint8
 
 const (
 	putAlways putKind = iota // no compare
@@ -88,18 +89,23 @@ type PutOp[V Value] interface {
 
 // putOp implements PutOp for Put, Create and Update, alone, in a Txn, and
 // through a Cache.
+//
+// A caller allocates one per put, so its size shows in every put's cost: it
+// is kept at 128 bytes, a size class of Go's allocator (kind and the flags
+// share a word; the compare a conditional op sent is not stored but derived
+// again from the value, which the op's runs leave unchanged). One field more
+// puts it in the 144-byte class.
 type putOp[V Value] struct {
 	client *clientv3.Client
-	kind   putKind
 	key    string
 	val    V
 	opts   []clientv3.OpOption
 	cache  writeThrough // non-nil for a cache's op: written through on success
 
 	ttl           time.Duration
+	kind          putKind
 	hasTTL        bool
 	updateVersion bool
-	want          expectation      // the compare sent by the last Cmps
 	data          []byte           // the bytes sent by the last ClientOp
 	lease         clientv3.LeaseID // the shared lease attached by the last ClientOp, 0 if none
 	revision      int64
@@ -210,16 +216,24 @@ func (p *putOp[V]) build(data string, opts []clientv3.OpOption) (clientv3.Op, er
 	return checkedOp(p.describe(), func() clientv3.Op { return clientv3.OpPut(p.key, data, opts...) })
 }
 
-func (p *putOp[V]) Cmps() []clientv3.Cmp {
-	switch p.kind {
-	case putCreate:
-		p.want = expectation{}
-	case putUpdate:
-		p.want = expect(p.val)
-	default:
-		return nil
+func (p *putOp[V]) Cmps() []clientv3.Cmp { return p.appendCmps(nil) }
+
+func (p *putOp[V]) appendCmps(cmps []clientv3.Cmp) []clientv3.Cmp {
+	if p.kind == putAlways {
+		return cmps
 	}
-	return []clientv3.Cmp{p.want.cmp(p.key)}
+	return append(cmps, p.want().cmp(p.key))
+}
+
+// want is the compare a Create or Update sends: the key must not exist, or
+// the stored version (or mod revision) must be the value's. The value is not
+// changed while the op runs (Txn's contract; versions are written back only
+// after success), so a failure reads the same expectation Cmps sent.
+func (p *putOp[V]) want() expectation {
+	if p.kind == putCreate {
+		return expectation{}
+	}
+	return expect(p.val)
 }
 
 // failure explains why the op's compare did not hold against the key as read
@@ -236,7 +250,7 @@ func (p *putOp[V]) failure(kv *mvccpb.KeyValue) error {
 		}
 		return nil
 	}
-	return p.want.failure(p.describe(), kv)
+	return p.want().failure(p.describe(), kv)
 }
 
 func (p *putOp[V]) sharedLease() clientv3.LeaseID { return p.lease }

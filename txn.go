@@ -101,7 +101,10 @@ func (t *txn) Commit(ctx context.Context) (err error) {
 	t.commitMu.Lock()
 	defer t.commitMu.Unlock()
 	t.mu.Lock()
-	ops := slices.Clone(t.ops)
+	// A snapshot without a copy: AddOps only appends, which never writes the
+	// elements the snapshot holds; the cap keeps an append to the snapshot
+	// from writing into t.ops.
+	ops := t.ops[:len(t.ops):len(t.ops)]
 	t.mu.Unlock()
 	return commit(ctx, t.client, ops)
 }
@@ -123,6 +126,12 @@ type (
 	explainer interface {
 		failure(kv *mvccpb.KeyValue) error
 	}
+	// cmpAppender appends what Cmps returns to a request's compares. It
+	// spares the slice Cmps allocates, one per conditional op of a txn.
+	// Every cmpAppender is an explainer.
+	cmpAppender interface {
+		appendCmps(cmps []clientv3.Cmp) []clientv3.Cmp
+	}
 	// deleteCounter learns how many keys its delete removed.
 	deleteCounter interface {
 		setDeleted(n int64)
@@ -143,6 +152,11 @@ type (
 // the op's own error rather than as a transaction's.
 func execOne(ctx context.Context, client *clientv3.Client, op TxnOperation) error {
 	err := commit(ctx, client, []TxnOperation{op})
+	if err == nil {
+		// errors.As's target is on the heap: an allocation per op, were it
+		// declared on the path that succeeds.
+		return nil
+	}
 	var failed *txnFailedError
 	if errors.As(err, &failed) && len(failed.failed) == 1 {
 		return failed.failed[0]
@@ -226,9 +240,12 @@ func commitOnce(ctx context.Context, client *clientv3.Client, ops []TxnOperation
 	case !resp.Succeeded:
 		return cmps.explain(ctx, client, ops, clientOps, resp.Header.Revision)
 	}
-	prevKVs := make(map[string]*mvccpb.KeyValue)
+	var prevKVs map[string]*mvccpb.KeyValue // made for the first prev KV: most requests ask for none
 	for i, r := range resp.Responses {
 		if put := r.GetResponsePut(); put != nil && put.PrevKv != nil {
+			if prevKVs == nil {
+				prevKVs = make(map[string]*mvccpb.KeyValue)
+			}
 			prevKVs[string(put.PrevKv.Key)] = put.PrevKv
 		}
 		if del := r.GetResponseDeleteRange(); del != nil {
@@ -247,12 +264,12 @@ func commitOne(ctx context.Context, client *clientv3.Client, op TxnOperation, cl
 	if err != nil {
 		return wrapRequestErr(describeTxn([]TxnOperation{op}), err, 1, 0)
 	}
-	prevKVs := make(map[string]*mvccpb.KeyValue, 1)
+	var prevKVs map[string]*mvccpb.KeyValue // nil unless the put asked for its prev KV
 	switch {
 	case resp.Put() != nil:
 		op.UpdateRevision(resp.Put().Header.Revision)
 		if prev := resp.Put().PrevKv; prev != nil {
-			prevKVs[string(prev.Key)] = prev
+			prevKVs = map[string]*mvccpb.KeyValue{string(prev.Key): prev}
 		}
 	case resp.Del() != nil:
 		op.UpdateRevision(resp.Del().Header.Revision)
@@ -270,11 +287,18 @@ func commitOne(ctx context.Context, client *clientv3.Client, op TxnOperation, cl
 
 // finish writes versions back, then updates caches, after a successful
 // request (UpdateRevision has run: versions and caches read the revision).
+// prevKVs may be nil, which the package's ops only read; an op from
+// elsewhere gets a map, as it always did.
 func finish(ops []TxnOperation, prevKVs map[string]*mvccpb.KeyValue) {
 	for _, op := range ops {
-		if vu, ok := op.(VersionUpdater); ok && vu.UpdateVersionEnabled() {
-			vu.UpdateVersion(prevKVs)
+		vu, ok := op.(VersionUpdater)
+		if !ok || !vu.UpdateVersionEnabled() {
+			continue
 		}
+		if _, ours := op.(txnKeyer); !ours && prevKVs == nil {
+			prevKVs = make(map[string]*mvccpb.KeyValue)
+		}
+		vu.UpdateVersion(prevKVs)
 	}
 	for _, op := range ops {
 		if c, ok := op.(CachedTxnOp); ok {
@@ -292,9 +316,6 @@ func finish(ops []TxnOperation, prevKVs map[string]*mvccpb.KeyValue) {
 // ClientOp, and the ops so built are returned for reuse (nil entries for the
 // package's own ops).
 func checkDuplicates(ctx context.Context, ops []TxnOperation) ([]clientv3.Op, error) {
-	type target struct{ kind, key, end string }
-	targets := make([]target, len(ops))
-	clientOps := make([]clientv3.Op, len(ops))
 	for _, op := range ops {
 		if c, ok := op.(keyChecker); ok {
 			if err := c.checkKey(); err != nil {
@@ -302,10 +323,9 @@ func checkDuplicates(ctx context.Context, ops []TxnOperation) ([]clientv3.Op, er
 			}
 		}
 	}
+	clientOps := make([]clientv3.Op, len(ops))
 	for i, op := range ops {
-		if k, ok := op.(txnKeyer); ok {
-			kind, key, end := k.txnKey()
-			targets[i] = target{kind, key, end}
+		if _, ok := op.(txnKeyer); ok {
 			continue
 		}
 		co, err := op.ClientOp(ctx)
@@ -313,6 +333,30 @@ func checkDuplicates(ctx context.Context, ops []TxnOperation) ([]clientv3.Op, er
 			return nil, err
 		}
 		clientOps[i] = co
+	}
+	if len(ops) == 1 {
+		// Nothing to clash with: an Exec pays for no targets.
+		return clientOps, nil
+	}
+	if err := checkClashes(ops, clientOps); err != nil {
+		return nil, err
+	}
+	return clientOps, nil
+}
+
+// checkClashes refuses two ops on one key and a put inside a range another
+// op deletes; clientOps holds the built ops from elsewhere (see
+// checkDuplicates).
+func checkClashes(ops []TxnOperation, clientOps []clientv3.Op) error {
+	type target struct{ kind, key, end string }
+	targets := make([]target, len(ops))
+	for i, op := range ops {
+		if k, ok := op.(txnKeyer); ok {
+			kind, key, end := k.txnKey()
+			targets[i] = target{kind, key, end}
+			continue
+		}
+		co := clientOps[i]
 		targets[i] = target{opKind(co), string(co.KeyBytes()), string(co.RangeBytes())}
 	}
 
@@ -341,7 +385,7 @@ func checkDuplicates(ctx context.Context, ops []TxnOperation) ([]clientv3.Op, er
 		}
 	}
 	if len(bad) == 0 {
-		return clientOps, nil
+		return nil
 	}
 	slices.Sort(bad)
 	bad = slices.Compact(bad)
@@ -349,7 +393,7 @@ func checkDuplicates(ctx context.Context, ops []TxnOperation) ([]clientv3.Op, er
 	for n, i := range bad {
 		names[n] = targets[i].kind + " " + targets[i].key
 	}
-	return nil, fmt.Errorf("txn: %w: %s", ErrDuplicateKeysInTransaction, strings.Join(names, ", "))
+	return fmt.Errorf("txn: %w: %s", ErrDuplicateKeysInTransaction, strings.Join(names, ", "))
 }
 
 func opKind(op clientv3.Op) string {
