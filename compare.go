@@ -66,6 +66,13 @@ func (e expectation) failure(what string, kv *mvccpb.KeyValue) error {
 	return nil
 }
 
+// unexplainedFailure is the failure of what's compare when the read that
+// would say more failed: the sentinel its failed compare implies, and the
+// read's error.
+func unexplainedFailure(what string, sentinel error, rev int64, readErr error) error {
+	return fmt.Errorf("%s: %w (reading the key at revision %d to say more: %w)", what, sentinel, rev, readErr)
+}
+
 // txnCmps are a transaction's compares in the order sent.
 type txnCmps struct {
 	all     []clientv3.Cmp
@@ -135,15 +142,10 @@ func (c txnCmps) readOps(rev int64) []clientv3.Op {
 	return ops
 }
 
-// read returns the read of r at rev, of its keys only unless value. At rev
-// 0, the latest revision, which the else branch of a lone op reads, no
-// revision is set: etcd reads the latest either way, and the request is the
-// same (0 is the field's default), without the option's closure.
+// read returns the read of r at rev, of its keys only unless value.
 func (r cmpRange) read(rev int64, value bool) clientv3.Op {
 	opts := make([]clientv3.OpOption, 0, 3) // on the stack, however many are appended
-	if rev != 0 {
-		opts = append(opts, clientv3.WithRev(rev))
-	}
+	opts = append(opts, clientv3.WithRev(rev))
 	if r.end != "" {
 		opts = append(opts, clientv3.WithRange(r.end))
 	}
@@ -156,10 +158,16 @@ func (r cmpRange) read(rev int64, value bool) clientv3.Op {
 // explain builds the error of a transaction that failed at rev from a read
 // of the compared keys at rev (readOps): each failed op, and why. An op from
 // elsewhere is named by the kind and key of the op it sent, once per failed
-// compare. If the read fails, the error names the compared keys.
+// compare. If the read fails, the error names the compared keys; a lone op
+// of ours still gives its sentinel, which its failed compare implies.
 func (c txnCmps) explain(ctx context.Context, client *clientv3.Client, ops []TxnOperation, clientOps []clientv3.Op, rev int64) error {
 	resp, err := client.Txn(ctx).Then(c.readOps(rev)...).Commit()
 	if err != nil {
+		if e, ok := ops[0].(explainer); ok && len(ops) == 1 {
+			// The op's compare is the only one: it failed, which is all
+			// the sentinel needs.
+			return &txnFailedError{failed: []error{e.unexplained(rev, err)}}
+		}
 		keys := make([]string, 0, len(c.all))
 		for j := range c.all {
 			if k := string(c.all[j].KeyBytes()); !slices.Contains(keys, k) {

@@ -194,6 +194,10 @@ func (d *deleteValueOp[V]) failure(kv *mvccpb.KeyValue) error {
 	return d.want.failure("delete "+d.key, kv)
 }
 
+func (d *deleteValueOp[V]) unexplained(rev int64, readErr error) error {
+	return unexplainedFailure("delete "+d.key, ErrValueVersionMismatch, rev, readErr)
+}
+
 func (d *deleteValueOp[V]) UpdateRevision(revision int64) { d.revision = revision }
 
 func (d *deleteValueOp[V]) Revision() int64 { return d.revision }

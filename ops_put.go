@@ -253,6 +253,14 @@ func (p *putOp[V]) failure(kv *mvccpb.KeyValue) error {
 	return p.want().failure(p.describe(), kv)
 }
 
+func (p *putOp[V]) unexplained(rev int64, readErr error) error {
+	sentinel := ErrValueVersionMismatch
+	if p.kind == putCreate {
+		sentinel = ErrAlreadyExists
+	}
+	return unexplainedFailure(p.describe(), sentinel, rev, readErr)
+}
+
 func (p *putOp[V]) sharedLease() clientv3.LeaseID { return p.lease }
 
 func (p *putOp[V]) UpdateRevision(revision int64) { p.revision = revision }

@@ -793,10 +793,31 @@ func TestTxnFailureWhoseExplainingReadFailsSaysWhatIsKnown(t *testing.T) {
 	require.EqualValues(t, 1, reads.Load(), "explaining reads sent")
 	require.Nil(t, storedKV(t, c, "/b"), "nothing written")
 
-	// Alone, the op reads its key in the else branch of its own request:
-	// its sentinel never depends on a second read.
-	err = storage.NewCreateOp(c, "/a", &host{Name: "x"}).Exec(testContext(t))
-	require.ErrorIs(t, err, storage.ErrAlreadyExists)
-	require.ErrorContains(t, err, "create /a: ")
-	require.EqualValues(t, 1, reads.Load(), "a lone op sent an explaining read")
+	// Alone, the op's failed compare says which sentinel it is: the failed
+	// read only takes the details away.
+	stale := func() *host {
+		h := &host{Name: "x"}
+		h.SetVersion(7)
+		return h
+	}
+	for _, tc := range []struct {
+		name     string
+		op       storage.TxnOperation
+		sentinel error
+		says     string
+	}{
+		{"create", storage.NewCreateOp(c, "/a", &host{Name: "x"}), storage.ErrAlreadyExists, "create /a: "},
+		{"update", storage.NewUpdateOp(c, "/a", stale()), storage.ErrValueVersionMismatch, "update /a: "},
+		{"delete value", storage.NewDeleteValueOp(c, "/a", stale()), storage.ErrValueVersionMismatch, "delete /a: "},
+	} {
+		t.Run("a lone "+tc.name+" still wraps its sentinel", func(t *testing.T) {
+			before := reads.Load()
+			err := tc.op.(interface{ Exec(context.Context) error }).Exec(testContext(t))
+			require.ErrorIs(t, err, tc.sentinel)
+			require.ErrorIs(t, err, rpctypes.ErrCompacted)
+			require.ErrorContains(t, err, tc.says)
+			require.EqualValues(t, before+1, reads.Load(), "explaining reads sent")
+			require.Equal(t, "1", string(storedKV(t, c, "/a").Value), "nothing written")
+		})
+	}
 }
