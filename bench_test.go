@@ -3,8 +3,9 @@ package storage_test
 // Benchmarks: one per operation, each with the library (impl=lib) beside raw
 // clientv3 doing the same (impl=raw, or the other baselines named). A raw
 // baseline sends the identical etcd request the library sends (same
-// compares, options and else branch) and encodes with encoding/json, so the
-// ratio of the two is the library's own cost. Compare them side by side with
+// compares and options; neither sends an else branch) and encodes with
+// encoding/json, so the ratio of the two is the library's own cost. Compare
+// them side by side with
 //
 //	make bench   # 10 interleaved rounds into bench.txt, then:
 //	go run golang.org/x/perf/cmd/benchstat@... -col /impl bench.txt

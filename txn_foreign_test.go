@@ -145,7 +145,7 @@ func TestTxnForeignOp(t *testing.T) {
 
 		err := storage.NewTxn(client, ops...).Commit(ctx)
 
-		require.ErrorIs(t, err, storage.ErrOperationConstraintViolated, "the else branch must fit the limit too")
+		require.ErrorIs(t, err, storage.ErrOperationConstraintViolated, "the explaining read must fit the limit too")
 		require.NotErrorIs(t, err, rpctypes.ErrTooManyOps)
 		msg := err.Error()
 		assert.Equal(t, 64, strings.Count(msg, ": key already exists"), msg)
