@@ -198,20 +198,22 @@ var (
 // pointer to an entry of a key string and a value slice took a 64-byte
 // object, two more allocations and 8 bytes of node per item.
 //
-// A probe, an entry made to look a key up (keyEntry), has version -1 and the
-// bare key as kv, so that a lookup copies nothing: etcd gives every existing
-// key a version of 1 or more.
+// A probe, an entry made to look a key up (keyEntry), has mod revision -1
+// and the bare key as kv, so that a lookup copies nothing. Every stored
+// entry has an etcd revision, 1 or more, as mod revision: the version is no
+// marker, since a write through the cache stores what the caller's Value
+// reports.
 type entry struct {
 	kv          string // uvarint key length, key, stored bytes; never modified
 	version     int64
 	modRevision int64
 }
 
-// probeVersion marks a probe (keyEntry).
-const probeVersion = -1
+// probeRevision marks a probe (keyEntry).
+const probeRevision = -1
 
 // keyEntry returns the probe of key: an entry that compares as key.
-func keyEntry(key string) entry { return entry{kv: key, version: probeVersion} }
+func keyEntry(key string) entry { return entry{kv: key, modRevision: probeRevision} }
 
 // newEntry copies key and stored bytes into an entry.
 func newEntry(key, value []byte, version, modRevision int64) entry {
@@ -226,7 +228,7 @@ func newEntry(key, value []byte, version, modRevision int64) entry {
 
 // split returns the key and the stored bytes of e.
 func (e entry) split() (key, value string) {
-	if e.version == probeVersion {
+	if e.modRevision == probeRevision {
 		return e.kv, ""
 	}
 	n, w := uint64(0), 0
@@ -423,7 +425,7 @@ func (c *cache[V]) writeDelete(key string, prefix bool, revision int64) {
 	})
 	for _, e := range gone {
 		c.items.Delete(e)
-		c.markRemovedLocked(e.key(), revision)
+		c.markRemovedLocked(strings.Clone(e.key()), revision) // not the whole entry's bytes
 	}
 	c.rangeTombstones = append(c.rangeTombstones, rangeTombstone{start: start, end: end, revision: revision})
 }

@@ -399,3 +399,39 @@ func TestCacheWriteThroughOutranksOlderWatchEvents(t *testing.T) {
 		})
 	}
 }
+
+// sticky is a Value that keeps the version it was made with, ignoring
+// SetVersion: the cache must not trust a Value's Version for its own
+// bookkeeping.
+type sticky struct {
+	ID string `json:"id"`
+}
+
+func (*sticky) Version() int64   { return -1 }
+func (*sticky) SetVersion(int64) {}
+
+func TestCacheWritesOfAValueWithAnyVersionKeepTheCacheOrdered(t *testing.T) {
+	verifyNoLeaks(t)
+	s := newServer(t)
+	ctx := testContext(t)
+	// The watch is held: what the cache shows, it holds from the writes.
+	gate := newStreamGate()
+	c := startCache(ctx, t, newGatedClient(t, s, gate), "/sticky", func(v *sticky) string { return "/sticky/" + v.ID })
+	gate.hold()
+	defer gate.release()
+	for _, id := range []string{"b", "a", "c"} {
+		require.NoError(t, c.Put(&sticky{ID: id}).Exec(ctx))
+	}
+	got, err := c.GetPrefix("/sticky/").Exec(ctx)
+	require.NoError(t, err)
+	var ids []string
+	for _, v := range got {
+		ids = append(ids, v.ID)
+	}
+	require.Equal(t, []string{"a", "b", "c"}, ids, "every write is held, in key order")
+	for _, id := range ids {
+		v, err := c.Get("/sticky/" + id).Exec(ctx)
+		require.NoError(t, err)
+		require.Equal(t, id, v.ID)
+	}
+}

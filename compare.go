@@ -159,14 +159,24 @@ func (r cmpRange) read(rev int64, value bool) clientv3.Op {
 // of the compared keys at rev (readOps): each failed op, and why. An op from
 // elsewhere is named by the kind and key of the op it sent, once per failed
 // compare. If the read fails, the error names the compared keys; a lone op
-// of ours still gives its sentinel, which its failed compare implies.
+// of ours still gives its sentinel, which its failed compare implies. A lone
+// create needs no read.
 func (c txnCmps) explain(ctx context.Context, client *clientv3.Client, ops []TxnOperation, clientOps []clientv3.Op, rev int64) error {
+	// A lone op of ours sent the only compare: it failed, which is all
+	// its sentinel needs, and all a create has to say.
+	lone, _ := ops[0].(explainer)
+	if len(ops) > 1 {
+		lone = nil
+	}
+	if lone != nil {
+		if err := lone.knownFailure(); err != nil {
+			return &txnFailedError{failed: []error{err}}
+		}
+	}
 	resp, err := client.Txn(ctx).Then(c.readOps(rev)...).Commit()
 	if err != nil {
-		if e, ok := ops[0].(explainer); ok && len(ops) == 1 {
-			// The op's compare is the only one: it failed, which is all
-			// the sentinel needs.
-			return &txnFailedError{failed: []error{e.unexplained(rev, err)}}
+		if lone != nil {
+			return &txnFailedError{failed: []error{lone.unexplained(rev, err)}}
 		}
 		keys := make([]string, 0, len(c.all))
 		for j := range c.all {

@@ -194,6 +194,8 @@ func (d *deleteValueOp[V]) failure(kv *mvccpb.KeyValue) error {
 	return d.want.failure("delete "+d.key, kv)
 }
 
+func (d *deleteValueOp[V]) knownFailure() error { return nil } // the stored version is read
+
 func (d *deleteValueOp[V]) unexplained(rev int64, readErr error) error {
 	return unexplainedFailure("delete "+d.key, ErrValueVersionMismatch, rev, readErr)
 }

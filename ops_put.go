@@ -253,12 +253,17 @@ func (p *putOp[V]) failure(kv *mvccpb.KeyValue) error {
 	return p.want().failure(p.describe(), kv)
 }
 
-func (p *putOp[V]) unexplained(rev int64, readErr error) error {
-	sentinel := ErrValueVersionMismatch
+// knownFailure: a failed create compare means the key exists, which is all
+// its error says (failure); an update's error gives the stored version.
+func (p *putOp[V]) knownFailure() error {
 	if p.kind == putCreate {
-		sentinel = ErrAlreadyExists
+		return p.failure(&mvccpb.KeyValue{})
 	}
-	return unexplainedFailure(p.describe(), sentinel, rev, readErr)
+	return nil
+}
+
+func (p *putOp[V]) unexplained(rev int64, readErr error) error {
+	return unexplainedFailure(p.describe(), ErrValueVersionMismatch, rev, readErr)
 }
 
 func (p *putOp[V]) sharedLease() clientv3.LeaseID { return p.lease }

@@ -124,17 +124,25 @@ type (
 	}
 	// explainer says why the op's compare failed, given the compared key as
 	// read at the failed txn's revision (nil when it does not exist). When
-	// the op's own compare is the one that failed but that read failed too,
-	// unexplained gives the op's sentinel with the read's error.
+	// the op's own compare is the one that failed, knownFailure says why
+	// without that read if it can (a create: the key exists), else nil; and
+	// should the read fail, unexplained gives the op's sentinel with the
+	// read's error.
 	explainer interface {
 		failure(kv *mvccpb.KeyValue) error
+		knownFailure() error
 		unexplained(rev int64, readErr error) error
 	}
 	// cmpAppender appends what Cmps returns to a request's compares. It
 	// spares the slice Cmps allocates, one per conditional op of a txn.
-	// Every cmpAppender is an explainer.
+	// Every cmpAppender is an explainer (conditional, asserted below).
 	cmpAppender interface {
 		appendCmps(cmps []clientv3.Cmp) []clientv3.Cmp
+	}
+	// conditional is what collectCmps takes an op with appendCmps to be.
+	conditional interface {
+		cmpAppender
+		explainer
 	}
 	// deleteCounter learns how many keys its delete removed.
 	deleteCounter interface {
@@ -150,6 +158,11 @@ type (
 	leaseUser interface {
 		sharedLease() clientv3.LeaseID
 	}
+)
+
+var (
+	_ conditional = (*putOp[*StoredValue])(nil)
+	_ conditional = (*deleteValueOp[*StoredValue])(nil)
 )
 
 // execOne runs a single op as its Exec does: a failed compare is returned as

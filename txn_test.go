@@ -794,30 +794,46 @@ func TestTxnFailureWhoseExplainingReadFailsSaysWhatIsKnown(t *testing.T) {
 	require.Nil(t, storedKV(t, c, "/b"), "nothing written")
 
 	// Alone, the op's failed compare says which sentinel it is: the failed
-	// read only takes the details away.
+	// read only takes the details away. A create needs no read at all.
 	stale := func() *host {
 		h := &host{Name: "x"}
 		h.SetVersion(7)
 		return h
 	}
+	type execer interface {
+		storage.TxnOperation
+		Exec(ctx context.Context) error
+	}
 	for _, tc := range []struct {
 		name     string
-		op       storage.TxnOperation
+		op       func() execer
 		sentinel error
 		says     string
+		reads    int32 // explaining reads sent
 	}{
-		{"create", storage.NewCreateOp(c, "/a", &host{Name: "x"}), storage.ErrAlreadyExists, "create /a: "},
-		{"update", storage.NewUpdateOp(c, "/a", stale()), storage.ErrValueVersionMismatch, "update /a: "},
-		{"delete value", storage.NewDeleteValueOp(c, "/a", stale()), storage.ErrValueVersionMismatch, "delete /a: "},
+		{"create", func() execer { return storage.NewCreateOp(c, "/a", &host{Name: "x"}) }, storage.ErrAlreadyExists, "create /a: key already exists", 0},
+		{"update", func() execer { return storage.NewUpdateOp(c, "/a", stale()) }, storage.ErrValueVersionMismatch, "update /a: ", 1},
+		{"delete value", func() execer { return storage.NewDeleteValueOp(c, "/a", stale()) }, storage.ErrValueVersionMismatch, "delete /a: ", 1},
 	} {
-		t.Run("a lone "+tc.name+" still wraps its sentinel", func(t *testing.T) {
-			before := reads.Load()
-			err := tc.op.(interface{ Exec(context.Context) error }).Exec(testContext(t))
+		check := func(t *testing.T, err error, before int32) {
+			t.Helper()
 			require.ErrorIs(t, err, tc.sentinel)
-			require.ErrorIs(t, err, rpctypes.ErrCompacted)
 			require.ErrorContains(t, err, tc.says)
-			require.EqualValues(t, before+1, reads.Load(), "explaining reads sent")
+			if tc.reads > 0 {
+				require.ErrorIs(t, err, rpctypes.ErrCompacted)
+			}
+			require.Equal(t, before+tc.reads, reads.Load(), "explaining reads sent")
 			require.Equal(t, "1", string(storedKV(t, c, "/a").Value), "nothing written")
+		}
+		t.Run("a lone "+tc.name+" run by Exec still wraps its sentinel", func(t *testing.T) {
+			before := reads.Load()
+			check(t, tc.op().Exec(testContext(t)), before)
+		})
+		t.Run("a txn of one "+tc.name+" wraps its sentinel and the txn's", func(t *testing.T) {
+			before := reads.Load()
+			err := storage.NewTxn(c, tc.op()).Commit(testContext(t))
+			require.ErrorIs(t, err, storage.ErrOperationConstraintViolated)
+			check(t, err, before)
 		})
 	}
 }

@@ -34,6 +34,10 @@ import (
 // bomb. A nil value is refused on write with an error, and nothing is
 // written.
 //
+// A value with its own UnmarshalJSON must copy the bytes it keeps, as
+// encoding/json requires: decoding hands it a buffer that is reused once it
+// returns.
+//
 // V in the generic ops is normally a pointer to a struct embedding
 // StoredValue, e.g. *Host.
 type Value interface {
